@@ -1,0 +1,3 @@
+"""
+spmgmt: one management address for a system of several service processors.
+"""
