@@ -1,0 +1,248 @@
+# -*- test-case-name: tests.test_auth -*-
+"""
+Who is asking: HTTP Basic and bearer credentials checked with twisted.cred.
+
+The realm hands out a L{Principal} (name and role).  Password checks are slow
+on purpose (scrypt), so they run in a thread, and a successful check is
+remembered for a short while under a keyed hash so that a script making many
+requests does not pay for scrypt every time.  Repeated failures from one peer
+are answered with 429 for a while (brute force).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from collections import OrderedDict
+from typing import Any, Callable
+
+from attrs import frozen
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ICredentials, IUsernamePassword, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from zope.interface import Interface, implementer
+
+from spmgmt.config import ArrayConfig
+from spmgmt.passwords import checkPassword
+
+ROLE_RANK = {"monitor": 1, "admin": 2}
+
+
+class IPrincipal(Interface):
+    """The avatar interface: an authenticated name with a role."""
+
+
+@frozen
+class Principal:
+    name: str
+    role: str
+
+    def mayAct(self, role: str) -> bool:
+        """Whether this principal's role includes C{role}."""
+        return ROLE_RANK[self.role] >= ROLE_RANK[role]
+
+
+class IBearerToken(ICredentials):
+    """A bearer token presented in C{Authorization: Bearer ...}."""
+
+
+@implementer(IBearerToken)
+@frozen
+class BearerToken:
+    token: bytes
+
+
+@implementer(IRealm)
+class RoleRealm:
+    """
+    Maps an avatar id (a user or token name) to its configured role.
+    """
+
+    def __init__(self, roles: dict[str, str]) -> None:
+        self._roles = roles
+
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:
+        if IPrincipal not in interfaces:
+            raise NotImplementedError("only IPrincipal avatars")
+        name = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
+        return IPrincipal, Principal(name, self._roles[name]), lambda: None
+
+
+@implementer(ICredentialsChecker)
+class PasswordHashChecker:
+    """
+    Checks user names and passwords against the configured scrypt hashes.
+
+    @ivar _cache: keyed hash of (user, password) -> expiry, for recent
+        successes only; bounded.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(
+        self,
+        reactor: Any,
+        hashes: dict[str, str],
+        cacheSeconds: float = 60.0,
+        cacheSize: int = 1024,
+        check: Callable[[str, str], bool] = checkPassword,
+    ) -> None:
+        self._reactor = reactor
+        self._hashes = hashes
+        self._cacheSeconds = cacheSeconds
+        self._cacheSize = cacheSize
+        self._check = check
+        self._key = os.urandom(32)
+        self._cache: OrderedDict[bytes, float] = OrderedDict()
+        # A syntactically valid hash to spend the same time on unknown users.
+        from spmgmt.passwords import hashPassword
+
+        self._decoy = hashPassword(base64.b64encode(os.urandom(12)).decode())
+
+    def _cacheKey(self, user: bytes, password: bytes) -> bytes:
+        return hmac.new(self._key, user + b"\0" + password, hashlib.sha256).digest()
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
+        user, password = credentials.username, credentials.password
+        key = self._cacheKey(user, password)
+        now = self._reactor.seconds()
+        expiry = self._cache.get(key)
+        if expiry is not None and expiry > now:
+            return succeed(user)
+        stored = self._hashes.get(user.decode("utf-8", "replace"), self._decoy)
+        known = user.decode("utf-8", "replace") in self._hashes
+
+        def checked(ok: bool) -> bytes:
+            if not (ok and known):
+                raise UnauthorizedLogin()
+            self._cache[key] = self._reactor.seconds() + self._cacheSeconds
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._cacheSize:
+                self._cache.popitem(last=False)
+            return user
+
+        d = deferToThreadPool(
+            self._reactor,
+            self._reactor.getThreadPool(),
+            self._check,
+            password.decode("utf-8", "replace"),
+            stored,
+        )
+        return d.addCallback(checked)
+
+
+@implementer(ICredentialsChecker)
+class BearerTokenChecker:
+    """Checks bearer tokens against the SHA-256 digests in the config."""
+
+    credentialInterfaces = (IBearerToken,)
+
+    def __init__(self, digests: dict[str, str]) -> None:
+        self._digests = [(name, bytes.fromhex(digest)) for name, digest in digests.items()]
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[str]:
+        presented = hashlib.sha256(credentials.token).digest()
+        found = None
+        for name, digest in self._digests:
+            # Compare with every entry, in constant time each.
+            if hmac.compare_digest(presented, digest):
+                found = name
+        if found is None:
+            from twisted.internet.defer import fail
+
+            return fail(UnauthorizedLogin())
+        return succeed(found)
+
+
+def portalFromConfig(reactor: Any, config: ArrayConfig) -> Portal:
+    """The portal for the users and tokens of C{config}."""
+    roles = {u.name: u.role for u in config.users}
+    roles.update({t.name: t.role for t in config.tokens})
+    return Portal(
+        RoleRealm(roles),
+        [
+            PasswordHashChecker(reactor, {u.name: u.password_hash for u in config.users}),
+            BearerTokenChecker({t.name: t.sha256 for t in config.tokens}),
+        ],
+    )
+
+
+class BadAuthorizationHeader(Exception):
+    """The Authorization header is present but cannot be parsed."""
+
+
+def credentialsFromHeader(header: bytes | None) -> ICredentials | None:
+    """
+    Parse an C{Authorization} header value.
+
+    @return: credentials, or L{None} when there is no header.
+    @raise BadAuthorizationHeader: malformed or an unsupported scheme.
+    """
+    if header is None:
+        return None
+    scheme, _, value = header.strip().partition(b" ")
+    value = value.strip()
+    if scheme.lower() == b"basic":
+        try:
+            decoded = base64.b64decode(value, validate=True)
+        except ValueError:
+            raise BadAuthorizationHeader("Basic credentials are not base64") from None
+        user, sep, password = decoded.partition(b":")
+        if not sep or not user:
+            raise BadAuthorizationHeader("Basic credentials are not user:password")
+        return UsernamePassword(user, password)
+    if scheme.lower() == b"bearer" and value:
+        return BearerToken(value)
+    raise BadAuthorizationHeader("use Basic or Bearer authorization")
+
+
+@frozen
+class _Window:
+    start: float
+    failures: int
+
+
+class FailureLimiter:
+    """
+    Counts failed logins per peer address in a fixed window; past
+    C{maxFailures} the peer is refused until the window ends.
+    """
+
+    def __init__(
+        self, clock: IReactorTime, maxFailures: int = 10, window: float = 60.0, maxPeers: int = 4096
+    ) -> None:
+        self._clock = clock
+        self._max = maxFailures
+        self._window = window
+        self._maxPeers = maxPeers
+        self._peers: OrderedDict[str, _Window] = OrderedDict()
+
+    def _current(self, peer: str) -> _Window | None:
+        entry = self._peers.get(peer)
+        if entry is not None and self._clock.seconds() - entry.start >= self._window:
+            del self._peers[peer]
+            return None
+        return entry
+
+    def retryAfter(self, peer: str) -> float | None:
+        """Seconds until C{peer} may try again, or L{None} if it may now."""
+        entry = self._current(peer)
+        if entry is None or entry.failures < self._max:
+            return None
+        return max(0.0, entry.start + self._window - self._clock.seconds())
+
+    def failed(self, peer: str) -> None:
+        """Record a failed login from C{peer}."""
+        entry = self._current(peer)
+        if entry is None:
+            entry = _Window(self._clock.seconds(), 0)
+        self._peers[peer] = _Window(entry.start, entry.failures + 1)
+        self._peers.move_to_end(peer)
+        while len(self._peers) > self._maxPeers:
+            self._peers.popitem(last=False)

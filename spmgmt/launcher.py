@@ -1,0 +1,223 @@
+# -*- test-case-name: tests.test_launcher -*-
+"""
+The developer launcher: runs a whole local array on loopback, each SP as its
+own C{twistd} process, with dev certificates and generated secrets.
+
+    python -m spmgmt.launcher run   --config etc/spmgmt.toml   # foreground
+    python -m spmgmt.launcher start --config etc/spmgmt.toml   # background
+    python -m spmgmt.launcher stop  --config etc/spmgmt.toml
+
+This is a plain blocking program on purpose: it is a supervisor for a
+developer's terminal, not part of any daemon.  The test harness
+(L{spmgmt.testing}) reuses its helpers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import secrets
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from spmgmt.config import ArrayConfig, ConfigError, SPConfig, parseConfig
+from spmgmt.passwords import hashPassword
+from spmgmt.pki import ensurePKI
+
+USERS = ("admin", "monitor")
+
+
+def ensureSecrets(secretsDir: Path) -> None:
+    """
+    Create a random password and its hash for each dev user, once: an
+    existing password is kept so a running shell's variables stay valid.
+    """
+    secretsDir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for user in USERS:
+        password = secretsDir / f"{user}.password"
+        digest = secretsDir / f"{user}.hash"
+        if not password.exists():
+            _writePrivate(password, secrets.token_urlsafe(18) + "\n")
+        if not digest.exists():
+            _writePrivate(digest, hashPassword(password.read_text().strip()) + "\n")
+
+
+def _writePrivate(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def prepare(configPath: Path, varDir: Path) -> ArrayConfig:
+    """Secrets, certificates and directories for a local array."""
+    ensureSecrets(varDir / "secrets")
+    config = parseConfig(configPath)
+    names = [sp.id for sp in config.sps] + ["proxy"]
+    ensurePKI(config.ca.parent, names)
+    for sub in ("run", "log"):
+        (varDir / sub).mkdir(parents=True, exist_ok=True)
+    return config
+
+
+def twistdArgv(python: str, configPath: Path, sp: SPConfig, varDir: Path) -> list[str]:
+    """The command line that runs the agent of C{sp} in the foreground."""
+    return [
+        str(Path(python).parent / "twistd"),
+        "--nodaemon",
+        f"--pidfile={varDir / 'run' / (sp.id + '.pid')}",
+        f"--logfile={varDir / 'log' / (sp.id + '.log')}",
+        "spmgmt",
+        "sp",
+        f"--config={configPath}",
+        f"--id={sp.id}",
+    ]
+
+
+def healthzOK(host: str, port: int, serverName: str, ca: Path, timeout: float = 1.0) -> bool:
+    """Whether C{https://host:port/healthz} answers 200 (blocking)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.check_hostname = False  # the address is an IP; the chain is what we check
+    try:
+        connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+        connection.request("GET", "/healthz")
+        ok = connection.getresponse().status == 200
+        connection.close()
+        return ok
+    except (OSError, http.client.HTTPException):
+        return False
+
+
+def _waitReady(config: ArrayConfig, procs: dict[str, subprocess.Popen], deadline: float) -> None:
+    pending = {sp.id: sp for sp in config.sps}
+    while pending:
+        for spId, sp in list(pending.items()):
+            if procs[spId].poll() is not None:
+                raise SystemExit(
+                    f"spmgmt: {spId} exited with status {procs[spId].returncode}; "
+                    f"see var/log/{spId}.log and var/log/{spId}.out"
+                )
+            if healthzOK(sp.web.host, sp.web.port, spId, config.ca):
+                del pending[spId]
+        if pending and time.monotonic() > deadline:
+            raise SystemExit(f"spmgmt: not ready in time: {', '.join(pending)}")
+        time.sleep(0.1)
+
+
+def start(configPath: Path, varDir: Path, detach: bool) -> tuple[ArrayConfig, dict[str, subprocess.Popen]]:
+    config = prepare(configPath, varDir)
+    procs = {}
+    for sp in config.sps:
+        argv = twistdArgv(sys.executable, configPath, sp, varDir)
+        # Early errors (before twistd's log is open) land in <id>.out.
+        with open(varDir / "log" / f"{sp.id}.out", "ab") as out:
+            procs[sp.id] = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=detach,
+            )
+    try:
+        _waitReady(config, procs, time.monotonic() + 30)
+    except BaseException:
+        _terminate(procs.values())
+        raise
+    return config, procs
+
+
+def _terminate(procs: object) -> None:
+    procs = list(procs)  # type: ignore[call-overload]
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _banner(config: ArrayConfig, varDir: Path) -> str:
+    ca = os.path.relpath(config.ca)
+    password = os.path.relpath(varDir / "secrets" / "admin.password")
+    lines = [f"spmgmt: array {config.name!r} is up:"]
+    for sp in config.sps:
+        lines.append(f"  {sp.id}: https://{sp.web.host}:{sp.web.port}/  (log var/log/{sp.id}.log)")
+    first = config.sps[0]
+    lines += [
+        "",
+        "Try:",
+        f"  curl --cacert {ca} -u admin:$(cat {password}) "
+        f"https://{first.web.host}:{first.web.port}/api/v1/sps/{first.id}/status",
+        f"  openssl s_client -quiet -CAfile {ca} -connect {first.web.host}:{first.web.port}",
+        f"  touch var/{first.id}.maintenance   # {first.id} switches to its service-mode web server",
+    ]
+    return "\n".join(lines)
+
+
+def stop(configPath: Path, varDir: Path) -> None:
+    config = parseConfig(configPath)
+    for sp in config.sps:
+        pidfile = varDir / "run" / f"{sp.id}.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(pid, signal.SIGTERM)
+            print(f"spmgmt: stopping {sp.id} (pid {pid})")
+        except ProcessLookupError:
+            pidfile.unlink(missing_ok=True)
+    deadline = time.monotonic() + 10
+    for sp in config.sps:
+        pidfile = varDir / "run" / f"{sp.id}.pid"
+        while pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m spmgmt.launcher", description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=("run", "start", "stop"))
+    parser.add_argument("--config", type=Path, default=Path("etc/spmgmt.toml"))
+    parser.add_argument("--var", type=Path, default=Path("var"), help="where secrets, pids and logs go")
+    args = parser.parse_args(argv)
+    configPath = args.config.resolve()
+    varDir = args.var.resolve()
+    try:
+        if args.action == "stop":
+            stop(configPath, varDir)
+            return
+        config, procs = start(configPath, varDir, detach=args.action == "start")
+    except ConfigError as e:
+        raise SystemExit(f"spmgmt: {e}") from None
+    print(_banner(config, varDir), flush=True)
+    if args.action == "start":
+        print("\nStop with: make stop")
+        return
+    print("\nCtrl-C stops the array.", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    reported: set[str] = set()
+    try:
+        # A dead SP is reported, not restarted and not fatal: killing one is
+        # how a developer watches the others carry on.
+        while True:
+            for name, p in procs.items():
+                if p.poll() is not None and name not in reported:
+                    reported.add(name)
+                    print(f"spmgmt: {name} exited with status {p.returncode}", file=sys.stderr)
+            time.sleep(0.5)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        _terminate(procs.values())
+        print("spmgmt: stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""
+The SP agent: one service processor's management service.
+"""

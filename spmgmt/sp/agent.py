@@ -1,0 +1,193 @@
+# -*- test-case-name: tests.test_agent -*-
+"""
+The SP agent's core: what one SP knows and does, independent of how it is
+asked (HTTP today, Perspective Broker for peers).
+
+Every rule about what may run lives here, so the HTTP and PB layers cannot
+disagree: which commands exist, which are allowed in service mode, which need
+the active role.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from attrs import define, field
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from spmgmt.commands import CommandResult, UnknownCommand, buildArgv, runCommand, validateParameters
+from spmgmt.config import ArrayConfig, CommandConfig, SPConfig
+from spmgmt.metrics import SPMetrics
+from spmgmt.sp.facts import hostFacts
+
+FULL = "full"
+SERVICE = "service"
+
+
+class NotInServiceMode(Exception):
+    """The command is not one of those allowed while the SP is in service mode."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+class RequiresActive(Exception):
+    """The command changes state and may run only on the active SP."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _utcNow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@define
+class SPAgent:
+    """
+    One SP's state and actions.
+
+    @ivar role: C{"passive"} until a token participant (the failover issue)
+        makes the SP active; no SP is active without an arbiter.
+    @ivar epoch: the epoch of the active token this SP holds, or L{None}.
+    """
+
+    reactor: Any
+    config: ArrayConfig
+    sp: SPConfig
+    metrics: SPMetrics = field(factory=SPMetrics)
+    monotonic: Callable[[], float] = time.monotonic
+    role: str = "passive"
+    epoch: int | None = None
+    healthy: bool = True
+    healthSnapshot: Callable[[], dict[str, Any]] = lambda: {"healthy": True, "checks": []}
+    _modeListeners: list[Callable[[str], None]] = field(factory=list)
+    _startedAt: float = field(init=False)
+    _log: Logger = field(init=False, factory=Logger)
+
+    def __attrs_post_init__(self) -> None:
+        self._startedAt = self.monotonic()
+        self.metrics.healthy.set(1)
+        self.metrics.serviceMode.set(0)
+
+    @property
+    def webServer(self) -> str:
+        """Which kind of web server this SP runs now."""
+        return FULL if self.healthy else SERVICE
+
+    def onModeChange(self, listener: Callable[[str], None]) -> None:
+        """Call C{listener(webServer)} whenever the web-server kind changes."""
+        self._modeListeners.append(listener)
+
+    def healthChanged(self, healthy: bool, snapshot: dict[str, Any] | None = None) -> None:
+        """
+        The health monitor's verdict flipped: switch the web server kind.
+        """
+        if healthy == self.healthy:
+            return
+        self.healthy = healthy
+        self.metrics.healthy.set(1 if healthy else 0)
+        self.metrics.serviceMode.set(0 if healthy else 1)
+        self._log.info(
+            "SP {sp} is {state}: serving the {kind} web server",
+            sp=self.sp.id,
+            state="healthy" if healthy else "unhealthy",
+            kind=self.webServer,
+        )
+        for listener in self._modeListeners:
+            listener(self.webServer)
+
+    def summary(self) -> dict[str, Any]:
+        """This SP in a few words, as C{GET /api/v1/sps/{id}} shows it."""
+        return {
+            "id": self.sp.id,
+            "role": self.role,
+            "epoch": self.epoch,
+            "healthy": self.healthy,
+            "web_server": self.webServer,
+        }
+
+    def health(self) -> dict[str, Any]:
+        """Every check's state, as C{GET /api/v1/sps/{id}/health} shows it."""
+        snapshot = dict(self.healthSnapshot())
+        snapshot.update(sp=self.sp.id, web_server=self.webServer)
+        return snapshot
+
+    async def status(self) -> dict[str, Any]:
+        """
+        Run the local status command and add the built-in facts.  Allowed in
+        every mode: an unhealthy SP must still be able to say how it is.
+        """
+        result = await self._run(self.config.status, list(self.config.status.argv))
+        facts = hostFacts(self.config.stateDirFor(self.sp.id), self.monotonic() - self._startedAt)
+        health = self.healthSnapshot()
+        return {
+            "sp": self.sp.id,
+            "array": self.config.name,
+            **facts,
+            "role": self.role,
+            "epoch": self.epoch,
+            "web_server": self.webServer,
+            "health": {
+                "healthy": self.healthy,
+                "failing": [c["name"] for c in health.get("checks", []) if not c.get("up", True)],
+            },
+            "status_command": result.asJSON(),
+            "collected_at": _utcNow(),
+        }
+
+    def command(self, name: str) -> CommandConfig:
+        """
+        The whitelisted command C{name}.
+
+        @raise UnknownCommand: there is none.
+        """
+        command = self.config.commands.get(name)
+        if command is None:
+            raise UnknownCommand(name)
+        return command
+
+    def checkAllowed(self, command: CommandConfig) -> None:
+        """
+        Apply the SP's own rules to C{command}.
+
+        @raise NotInServiceMode: the SP is in service mode and the command is
+            not marked C{service = true}.
+        @raise RequiresActive: the command needs the active role.
+        """
+        if not self.healthy and not command.service:
+            raise NotInServiceMode(command.name)
+        if command.requires_active and self.role != "active":
+            raise RequiresActive(command.name)
+
+    def runCommand(self, name: str, params: object) -> Deferred[CommandResult]:
+        """
+        Validate and run the whitelisted command C{name}.
+
+        @raise UnknownCommand, InvalidParameters, NotInServiceMode,
+            RequiresActive: before anything runs.
+        """
+        command = self.command(name)
+        self.checkAllowed(command)
+        argv = buildArgv(command, validateParameters(command, params))
+        return Deferred.fromCoroutine(self._run(command, argv))
+
+    async def _run(self, command: CommandConfig, argv: list[str]) -> CommandResult:
+        result = await runCommand(self.reactor, command, argv, monotonic=self.monotonic)
+        outcome = "timeout" if result.timed_out else ("ok" if result.rc == 0 else "failed")
+        self.metrics.commandRuns.labels(command.name, outcome).inc()
+        self.metrics.commandSeconds.labels(command.name).observe(result.duration_s)
+        self._log.info(
+            "command {command} on {sp}: rc={rc} timed_out={timedOut} in {duration:.3f}s",
+            command=command.name,
+            sp=self.sp.id,
+            rc=result.rc,
+            timedOut=result.timed_out,
+            duration=result.duration_s,
+        )
+        return result

@@ -1,0 +1,102 @@
+# -*- test-case-name: tests.test_agent -*-
+"""
+The SP agent's service tree: the HTTPS site, the health monitor, and what
+ties them to the agent.  Built by C{twistd spmgmt sp}.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from spmgmt.auth import FailureLimiter, portalFromConfig
+from spmgmt.config import ArrayConfig, SPConfig
+from spmgmt.health import HealthMonitor, buildChecks
+from spmgmt.sp.agent import SPAgent
+from spmgmt.sp.web import ManagementWeb
+from spmgmt.tls import clientOptions, serverOptions, tlsServerFactory
+
+
+@implementer(IPolicyForHTTPS)
+class ArrayPolicy:
+    """
+    HTTPS policy for connections inside the array: trust only the array CA
+    and expect the certificate of the SP we mean, whatever address we dial.
+    """
+
+    def __init__(self, serverName: str, caPath: Any, certPath: Any = None, keyPath: Any = None) -> None:
+        self._creator = clientOptions(
+            serverName, caPath, certPath, keyPath, acceptableProtocols=[b"http/1.1"]
+        )
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        return self._creator
+
+
+def listenDescription(address: Any) -> str:
+    """A strports description for a TCP listener on C{address}."""
+    host = address.host.replace(":", "\\:")
+    return f"tcp:{address.port}:interface={host}"
+
+
+def makeSPService(reactor: Any, config: ArrayConfig, sp: SPConfig) -> MultiService:
+    """
+    Build the service tree of the SP C{sp}.  Listening goes through
+    C{strports.service}, so a failed bind stops the process.
+    """
+    config.stateDirFor(sp.id).mkdir(parents=True, exist_ok=True)
+    top = MultiService()
+    agent = SPAgent(reactor, config, sp, monotonic=time.monotonic)
+    web = ManagementWeb(agent, portalFromConfig(reactor, config), FailureLimiter(reactor))
+
+    # One kept-alive connection: no per-probe connection churn in the log.
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 1
+    selfAgent = Agent(reactor, contextFactory=ArrayPolicy(sp.id, config.ca), pool=pool)
+    selfURL = f"https://{sp.web.host}:{sp.web.port}/healthz".encode()
+
+    def probe() -> Deferred[int]:
+        d = selfAgent.request(b"GET", selfURL)
+
+        def done(response: Any) -> int:
+            response.deliverBody(_Discard())
+            return response.code
+
+        return d.addCallback(done)
+
+    monitor = HealthMonitor(
+        reactor,
+        time.monotonic,
+        buildChecks(reactor, config.checks, sp.id, probe),
+        agent.healthChanged,
+    )
+    agent.healthSnapshot = monitor.snapshot
+    monitor.setServiceParent(top)
+
+    contextFactory = serverOptions(sp.cert, sp.key, acceptableProtocols=[b"http/1.1"])
+    strports.service(
+        listenDescription(sp.web), tlsServerFactory(web.site, contextFactory)
+    ).setServiceParent(top)
+    top.agent = agent  # type: ignore[attr-defined]
+    top.web = web  # type: ignore[attr-defined]
+    return top
+
+
+class _Discard:
+    """Reads and drops a response body."""
+
+    def makeConnection(self, transport: Any) -> None:
+        pass
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Any) -> None:
+        pass

@@ -1,0 +1,68 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd spmgmt}: options and the service tree of each sub-command.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from spmgmt.config import ConfigError
+
+
+class SPOptions(usage.Options):
+    """Options of C{twistd spmgmt sp}."""
+
+    synopsis = "--config FILE --id ID"
+    longdesc = (
+        "Run the agent of one service processor: its management web server "
+        "(full or service mode, by its health) and its health checks."
+    )
+    optParameters = [
+        ["config", "c", None, "The array's configuration file (TOML), e.g. etc/spmgmt.toml."],
+        ["id", "i", None, "This SP's id: one of the [[sp]] ids in the configuration."],
+    ]
+
+    def postOptions(self) -> None:
+        for name in ("config", "id"):
+            if not self[name]:
+                raise usage.UsageError(f"--{name} is required")
+
+
+class Options(usage.Options):
+    """Options of C{twistd spmgmt}."""
+
+    synopsis = "COMMAND [options]"
+    longdesc = "Service processor management.  COMMAND is: sp (one SP agent)."
+    subCommands = [
+        ["sp", None, SPOptions, "Run one service processor's agent."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("name a command: sp")
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    """
+    Build the service of the chosen sub-command.  A configuration problem
+    ends the process with one line naming the file, the key and the problem.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        reactor = globalReactor
+    sub = options.subOptions
+    try:
+        if options.subCommand == "sp":
+            from spmgmt.config import loadForSP
+            from spmgmt.sp.service import makeSPService
+
+            config, sp = loadForSP(sub["config"], sub["id"])
+            return makeSPService(reactor, config, sp)
+    except ConfigError as e:
+        raise SystemExit(f"spmgmt: {e}") from None
+    raise SystemExit(f"spmgmt: unknown command {options.subCommand!r}")

@@ -1,0 +1,361 @@
+# -*- test-case-name: tests.test_harness -*-
+"""
+A harness that runs a real array for integration tests: each SP is a real
+C{twistd} process on 127.0.0.1 with ephemeral ports, a temporary
+configuration, generated certificates and real TLS.
+
+Processes are started with C{spawnProcess} (the test's reactor keeps
+running) behind a tiny exec wrapper that asks the kernel to SIGKILL them if
+the test runner dies (C{PR_SET_PDEATHSIG}), so no process outlives an
+interrupted run; L{ArrayHarness.stopAll} ends them in a normal cleanup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from attrs import define, field
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from spmgmt.config import ArrayConfig, parseConfig
+from spmgmt.launcher import ensureSecrets, twistdArgv
+from spmgmt.pki import ensurePKI
+from spmgmt.tls import clientOptions
+
+# Exec the real program with PR_SET_PDEATHSIG (1) = SIGKILL.
+_PDEATHSIG_EXEC = (
+    "import ctypes,os,signal,sys;"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL);"
+    "os.getppid() == int(sys.argv[1]) or os._exit(1);"
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+DEFAULT_CHECKS = """
+[[checks]]
+name = "maintenance"
+kind = "maintenance_file"
+path = "var/{id}.maintenance"
+interval = 0.2
+fall = 1
+rise = 1
+
+[[checks]]
+name = "reactor"
+kind = "reactor_lag"
+max_lag = 0.5
+interval = 0.5
+fall = 3
+rise = 1
+"""
+
+DEFAULT_COMMANDS = """
+[commands.uptime]
+argv = ["uptime"]
+service = true
+
+[commands.echo]
+argv = ["printf", "%s\\\\n", "{message}"]
+output_cap = 4096
+[commands.echo.params.message]
+type = "string"
+max_length = 200
+
+[commands.sleep]
+argv = ["sleep", "{seconds}"]
+timeout = 20.0
+[commands.sleep.params.seconds]
+type = "int"
+min = 0
+max = 15
+
+[commands.flood]
+argv = ["head", "-c", "100000000", "/dev/zero"]
+output_cap = 65536
+timeout = 20.0
+
+[commands.failover-drill]
+argv = ["true"]
+requires_active = true
+"""
+
+
+def freePort() -> int:
+    """An ephemeral TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@implementer(IPolicyForHTTPS)
+class _ByPortPolicy:
+    """Expect, on each SP's web port, that SP's certificate from the array CA."""
+
+    def __init__(self, config: ArrayConfig) -> None:
+        self._creators = {
+            sp.web.port: clientOptions(sp.id, config.ca, acceptableProtocols=[b"http/1.1"])
+            for sp in config.sps
+        }
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        return self._creators[port]
+
+
+class _Process(ProcessProtocol):
+    """Keeps a child's stdout and stderr (early errors) and its end."""
+
+    def __init__(self, out: Path) -> None:
+        self._out = out.open("ab")
+        self.ended: Deferred[Any] = Deferred()
+        self.pid: int | None = None
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid
+
+    def outReceived(self, data: bytes) -> None:
+        self._out.write(data)
+        self._out.flush()
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self._out.close()
+        self.ended.callback(reason.value)
+
+
+@define
+class Response:
+    """An HTTP answer as the tests look at it."""
+
+    code: int
+    headers: Any
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name)
+        return values[0] if values else None
+
+
+@define
+class ArrayHarness:
+    """
+    A real array of SP processes under one temporary directory.
+
+    @ivar directory: holds etc/spmgmt.toml, var/pki, var/secrets, var/log.
+    """
+
+    reactor: Any
+    directory: Path
+    spIds: tuple[str, ...] = ("spa", "spb")
+    checks: str = DEFAULT_CHECKS
+    commands: str = DEFAULT_COMMANDS
+    extra: str = ""
+    config: ArrayConfig = field(init=False)
+    configPath: Path = field(init=False)
+    passwords: dict[str, str] = field(init=False, factory=dict)
+    _procs: dict[str, _Process] = field(init=False, factory=dict)
+    _pool: HTTPConnectionPool = field(init=False)
+    _agent: Agent = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.directory = Path(self.directory).resolve()
+        var = self.directory / "var"
+        (self.directory / "etc").mkdir(parents=True, exist_ok=True)
+        for sub in ("run", "log"):
+            (var / sub).mkdir(parents=True, exist_ok=True)
+        ensureSecrets(var / "secrets")
+        self.passwords = {
+            user: (var / "secrets" / f"{user}.password").read_text().strip()
+            for user in ("admin", "monitor")
+        }
+        ensurePKI(var / "pki", list(self.spIds) + ["proxy"])
+        self.configPath = self.directory / "etc" / "spmgmt.toml"
+        self.configPath.write_text(self._configText())
+        self.config = parseConfig(self.configPath)
+        self._pool = HTTPConnectionPool(self.reactor, persistent=True)
+        self._pool.retryAutomatically = False
+        self._agent = Agent(self.reactor, contextFactory=_ByPortPolicy(self.config), pool=self._pool)
+
+    def _configText(self) -> str:
+        sps = "".join(
+            textwrap.dedent(
+                f"""
+                [[sp]]
+                id = "{spId}"
+                web = "127.0.0.1:{freePort()}"
+                pb = "127.0.0.1:{freePort()}"
+                cert = "var/pki/{spId}.pem"
+                key = "var/pki/{spId}.key"
+                """
+            )
+            for spId in self.spIds
+        )
+        head = textwrap.dedent(
+            """
+            [array]
+            name = "testarray"
+            root = ".."
+            ca = "var/pki/ca.pem"
+            state_dir = "var/state"
+
+            [[users]]
+            name = "admin"
+            role = "admin"
+            password_hash_file = "var/secrets/admin.hash"
+
+            [[users]]
+            name = "monitor"
+            role = "monitor"
+            password_hash_file = "var/secrets/monitor.hash"
+
+            [status]
+            argv = ["uname", "-a"]
+            timeout = 5.0
+            """
+        )
+        return head + sps + self.checks + self.commands + self.extra
+
+    # -- processes -----------------------------------------------------------
+
+    def path(self, relative: str) -> Path:
+        """A path inside the array's directory."""
+        return self.directory / relative
+
+    def startSP(self, spId: str) -> None:
+        """Start the agent of C{spId} (see L{waitReady})."""
+        sp = self.config.sp(spId)
+        var = self.directory / "var"
+        argv = twistdArgv(sys.executable, self.configPath, sp, var)
+        wrapped = [sys.executable, "-c", _PDEATHSIG_EXEC, str(os.getpid()), *argv]
+        proto = _Process(var / "log" / f"{spId}.out")
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "HOME", "PYTHONPATH")}
+        self.reactor.spawnProcess(proto, wrapped[0], wrapped, env=env, path=str(self.directory))
+        self._procs[spId] = proto
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start every SP and wait until each answers C{/healthz}."""
+        for spId in self.spIds:
+            self.startSP(spId)
+        for spId in self.spIds:
+            await self.waitReady(spId, timeout)
+
+    def pid(self, spId: str) -> int:
+        proto = self._procs[spId]
+        assert proto.pid is not None
+        return proto.pid
+
+    def signal(self, spId: str, signum: int) -> None:
+        """Send C{signum} to the SP's process (SIGKILL, SIGSTOP, SIGCONT...)."""
+        os.kill(self.pid(spId), signum)
+
+    async def kill(self, spId: str) -> None:
+        """SIGKILL the SP and wait until it is gone."""
+        self.signal(spId, signal.SIGKILL)
+        await self._procs[spId].ended
+
+    async def restart(self, spId: str, timeout: float = 30.0) -> None:
+        """Kill the SP if it runs, start it again and wait until it is ready."""
+        proto = self._procs.get(spId)
+        if proto is not None and not proto.ended.called:
+            await self.kill(spId)
+        self.startSP(spId)
+        await self.waitReady(spId, timeout)
+
+    async def waitReady(self, spId: str, timeout: float = 30.0) -> None:
+        """Poll C{/healthz} until it answers 200; fail if the process ends."""
+        await self.waitFor(lambda: self._healthzOK(spId), timeout, f"{spId} to answer /healthz", spId)
+
+    async def _healthzOK(self, spId: str) -> bool:
+        try:
+            return (await self.request(spId, "GET", "/healthz", user=None)).code == 200
+        except Exception:
+            return False
+
+    async def waitFor(
+        self, predicate: Any, timeout: float, what: str, spId: str | None = None, interval: float = 0.05
+    ) -> None:
+        """
+        Poll the async C{predicate} until it is true; raise with C{what} and
+        the SP's log once C{timeout} passes.
+        """
+        deadline = self.reactor.seconds() + timeout
+        while True:
+            if spId is not None and self._procs[spId].ended.called:
+                raise AssertionError(f"{spId} exited while waiting for {what}:\n{self.logTail(spId)}")
+            if await predicate():
+                return
+            if self.reactor.seconds() > deadline:
+                tail = self.logTail(spId) if spId else ""
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
+            await deferLater(self.reactor, interval, lambda: None)
+
+    def logTail(self, spId: str, lines: int = 80) -> str:
+        """The end of the SP's twistd log and early output."""
+        out = []
+        for suffix in ("log", "out"):
+            path = self.directory / "var" / "log" / f"{spId}.{suffix}"
+            if path.exists():
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                out.append(f"--- {path.name} ---\n" + "\n".join(text))
+        return "\n".join(out)
+
+    async def stopAll(self) -> None:
+        """End every process (SIGCONT first, for stopped ones) and the pool."""
+        waiting = []
+        for spId, proto in self._procs.items():
+            if proto.ended.called:
+                continue
+            for signum in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    self.signal(spId, signum)
+                except ProcessLookupError:
+                    pass
+            waiting.append(proto.ended)
+        await DeferredList(waiting)
+        await self._pool.closeCachedConnections()
+
+    # -- HTTP ------------------------------------------------------------------
+
+    def url(self, spId: str, path: str) -> str:
+        sp = self.config.sp(spId)
+        return f"https://{sp.web.host}:{sp.web.port}{path}"
+
+    async def request(
+        self,
+        spId: str,
+        method: str,
+        path: str,
+        user: str | None = "admin",
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> Response:
+        """One HTTPS request to an SP, as C{user} (Basic auth) or anonymous."""
+        import treq
+        from treq.client import HTTPClient
+
+        client = HTTPClient(self._agent)
+        allHeaders = dict(headers or {})
+        kwargs: dict[str, Any] = {"headers": allHeaders, "timeout": timeout}
+        if user is not None:
+            kwargs["auth"] = (user, self.passwords[user])
+        if body is not None:
+            kwargs["json"] = body
+        response = await client.request(method, self.url(spId, path), **kwargs)
+        content = await treq.content(response)
+        return Response(response.code, response.headers, content)
