@@ -82,7 +82,7 @@ def makeSPService(reactor: Any, config: ArrayConfig, sp: SPConfig) -> MultiServi
 
     contextFactory = serverOptions(sp.cert, sp.key, acceptableProtocols=[b"http/1.1"])
     strports.service(
-        listenDescription(sp.web), tlsServerFactory(web.site, contextFactory)
+        listenDescription(sp.web), tlsServerFactory(web.site, contextFactory), reactor=reactor
     ).setServiceParent(top)
     top.agent = agent  # type: ignore[attr-defined]
     top.web = web  # type: ignore[attr-defined]

@@ -61,7 +61,7 @@ class Route:
 ROUTES = (
     Route("/healthz", "GET", "healthz", None, True),
     Route("/metrics", "GET", "metrics", "monitor", True),
-    Route("/api/v1/sps/<sp>", "GET", "spSummary", "monitor", True),
+    Route("/api/v1/sps/<sp>", "GET", "spSummary", "monitor", False),
     Route("/api/v1/sps/<sp>/status", "GET", "spStatus", "monitor", True),
     Route("/api/v1/sps/<sp>/health", "GET", "spHealth", "monitor", True),
     Route("/api/v1/sps/<sp>/commands/<name>", "POST", "spCommand", "admin", True),

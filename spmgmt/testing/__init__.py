@@ -359,3 +359,32 @@ class ArrayHarness:
         response = await client.request(method, self.url(spId, path), **kwargs)
         content = await treq.content(response)
         return Response(response.code, response.headers, content)
+
+
+class ArrayTestMixin:
+    """
+    For trial C{TestCase}s that run a real array: starts it, and in cleanup
+    ends every process and, if the test failed, prints each SP's log tail
+    (pytest shows it with the failure; trial prints it).
+    """
+
+    async def startArray(self, **kwargs: Any) -> ArrayHarness:
+        import shutil
+        import tempfile
+
+        from twisted.internet import reactor
+
+        directory = Path(tempfile.mkdtemp(prefix="spmgmt-array-"))
+        harness = ArrayHarness(reactor, directory, **kwargs)
+        self.addCleanup(shutil.rmtree, directory, True)  # type: ignore[attr-defined]
+        self.addCleanup(self._endArray, harness)  # type: ignore[attr-defined]
+        await harness.start()
+        return harness
+
+    async def _endArray(self, harness: ArrayHarness) -> None:
+        # trial sets _passed once the test method itself has succeeded,
+        # before cleanups run; absent means it did not.
+        if not getattr(self, "_passed", False):
+            for spId in harness.spIds:
+                print(f"\n===== {spId} =====\n{harness.logTail(spId)}")
+        await harness.stopAll()
