@@ -130,6 +130,19 @@ class CheckConfig:
 
 
 @frozen
+class PeerConfig:
+    """
+    The peer channel: the array-wide secret peers log in with (on top of
+    their certificates), the timeout of every remote call, and how often a
+    keepalive goes to each peer.
+    """
+
+    secret_file: Path
+    timeout: float
+    keepalive: float
+
+
+@frozen
 class LimitsConfig:
     max_body: int
     idle_timeout: float
@@ -150,6 +163,7 @@ class ArrayConfig:
     commands: Mapping[str, CommandConfig]
     checks: tuple[CheckConfig, ...]
     limits: LimitsConfig
+    peer: PeerConfig
 
     def sp(self, spId: str) -> SPConfig:
         """
@@ -550,6 +564,14 @@ def parseConfig(path: str | Path) -> ArrayConfig:
         idle_timeout=limits.positive("idle_timeout", float, 3600.0),
     )
     limits.done()
+
+    peer = top.table("peer", {})
+    peerConfig = PeerConfig(
+        secret_file=_path(peer, root, "secret_file", "var/secrets/peer.secret"),
+        timeout=peer.positive("timeout", float, 2.0),
+        keepalive=peer.positive("keepalive", float, 0.5),
+    )
+    peer.done()
     top.done()
 
     return ArrayConfig(
@@ -566,7 +588,20 @@ def parseConfig(path: str | Path) -> ArrayConfig:
         commands=commands,
         checks=tuple(checks),
         limits=limitsConfig,
+        peer=peerConfig,
     )
+
+
+def readPeerSecret(config: ArrayConfig) -> bytes:
+    """
+    The array's peer secret.
+
+    @raise ConfigError: unreadable, or too short to be a secret.
+    """
+    secret = _readable(config.peer.secret_file, config.path, "peer.secret_file").strip()
+    if len(secret) < 16:
+        raise ConfigError(config.path, "peer.secret_file", f"{config.peer.secret_file} holds fewer than 16 bytes")
+    return secret
 
 
 def loadForSP(path: str | Path, spId: str) -> tuple[ArrayConfig, SPConfig]:
@@ -581,5 +616,6 @@ def loadForSP(path: str | Path, spId: str) -> tuple[ArrayConfig, SPConfig]:
     index = config.sps.index(sp)
     checkCA(config)
     checkKeyPair(config.path, f"sp[{index}].cert", sp.cert, f"sp[{index}].key", sp.key)
+    readPeerSecret(config)
     return config, sp
 

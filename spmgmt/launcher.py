@@ -45,6 +45,9 @@ def ensureSecrets(secretsDir: Path) -> None:
             _writePrivate(password, secrets.token_urlsafe(18) + "\n")
         if not digest.exists():
             _writePrivate(digest, hashPassword(password.read_text().strip()) + "\n")
+    peer = secretsDir / "peer.secret"
+    if not peer.exists():
+        _writePrivate(peer, secrets.token_urlsafe(32) + "\n")
 
 
 def _writePrivate(path: Path, text: str) -> None:

@@ -50,6 +50,9 @@ password_hash = "{_HASH}"
 [status]
 argv = ["uname", "-a"]
 
+[peer]
+secret_file = "pki/peer.secret"
+
 [[checks]]
 name = "maintenance"
 kind = "maintenance_file"
@@ -68,6 +71,7 @@ def _sharedPKI() -> Path:
     directory = Path(tempfile.mkdtemp(prefix="spmgmt-config-tests-"))
     atexit.register(shutil.rmtree, directory, True)
     ensurePKI(directory / "pki", ["spa", "spb"])
+    (directory / "pki" / "peer.secret").write_text("a-peer-secret-of-some-length\n")
     return directory / "pki"
 
 
@@ -121,6 +125,8 @@ class ParseConfigTests(ConfigTestsMixin, SynchronousTestCase):
         )
         self.assertEqual(config.users[0].password_hash, _HASH)
         self.assertIn("maintenance", [c.name for c in config.checks])
+        self.assertEqual(config.peer.secret_file, secrets / "peer.secret")
+        self.assertEqual((config.peer.timeout, config.peer.keepalive), (2.0, 0.5))
 
     def test_good(self) -> None:
         """A good configuration loads; relative paths resolve against its root."""
@@ -236,6 +242,15 @@ class ParseConfigTests(ConfigTestsMixin, SynchronousTestCase):
     def test_plaintextPassword(self) -> None:
         """A password that is not a hash is refused."""
         self.assertConfigError(BASE.replace(_HASH, "hunter2"), "users[0].password_hash", "spmgmt.passwords")
+
+    def test_shortPeerSecret(self) -> None:
+        """A peer secret shorter than 16 bytes is refused."""
+        self.assertConfigError(BASE.replace("pki/peer.secret", "pki/spa.pem.short"), "peer.secret_file", "cannot read")
+        short = self.pkiDir / "short.secret"
+        short.write_text("abc\n")
+        self.assertConfigError(
+            BASE.replace("pki/peer.secret", "pki/short.secret"), "peer.secret_file", "fewer than 16 bytes"
+        )
 
     def test_unknownSP(self) -> None:
         """An --id that is not configured lists the known ids."""

@@ -43,6 +43,15 @@ class RequiresActive(Exception):
         self.name = name
 
 
+class StaleEpoch(Exception):
+    """A state-changing call carries an epoch older than the newest seen."""
+
+    def __init__(self, epoch: int, newest: int) -> None:
+        super().__init__(f"epoch {epoch} is older than {newest}, the newest this SP has seen")
+        self.epoch = epoch
+        self.newest = newest
+
+
 def _utcNow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -64,6 +73,7 @@ class SPAgent:
     monotonic: Callable[[], float] = time.monotonic
     role: str = "passive"
     epoch: int | None = None
+    newestEpoch: int = 0
     healthy: bool = True
     healthSnapshot: Callable[[], dict[str, Any]] = lambda: {"healthy": True, "checks": []}
     _modeListeners: list[Callable[[str], None]] = field(factory=list)
@@ -152,28 +162,35 @@ class SPAgent:
             raise UnknownCommand(name)
         return command
 
-    def checkAllowed(self, command: CommandConfig) -> None:
+    def checkAllowed(self, command: CommandConfig, epoch: int | None = None) -> None:
         """
         Apply the SP's own rules to C{command}.
 
+        @param epoch: the epoch the caller acts under, if it says one.
+        @raise StaleEpoch: C{epoch} is older than the newest seen here.
         @raise NotInServiceMode: the SP is in service mode and the command is
             not marked C{service = true}.
-        @raise RequiresActive: the command needs the active role.
+        @raise RequiresActive: the command needs the active role (and, when
+            the caller names an epoch, this SP's current one).
         """
+        if epoch is not None and epoch < self.newestEpoch:
+            raise StaleEpoch(epoch, self.newestEpoch)
         if not self.healthy and not command.service:
             raise NotInServiceMode(command.name)
-        if command.requires_active and self.role != "active":
+        if command.requires_active and (
+            self.role != "active" or (epoch is not None and epoch != self.epoch)
+        ):
             raise RequiresActive(command.name)
 
-    def runCommand(self, name: str, params: object) -> Deferred[CommandResult]:
+    def runCommand(self, name: str, params: object, epoch: int | None = None) -> Deferred[CommandResult]:
         """
         Validate and run the whitelisted command C{name}.
 
         @raise UnknownCommand, InvalidParameters, NotInServiceMode,
-            RequiresActive: before anything runs.
+            RequiresActive, StaleEpoch: before anything runs.
         """
         command = self.command(name)
-        self.checkAllowed(command)
+        self.checkAllowed(command, epoch)
         argv = buildArgv(command, validateParameters(command, params))
         return Deferred.fromCoroutine(self._run(command, argv))
 

@@ -17,8 +17,10 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from spmgmt.auth import FailureLimiter, portalFromConfig
-from spmgmt.config import ArrayConfig, SPConfig
+from spmgmt.config import ArrayConfig, SPConfig, readPeerSecret
 from spmgmt.health import HealthMonitor, buildChecks
+from spmgmt.peer.client import PeerClient
+from spmgmt.peer.server import PeerServerFactory, peerPortal
 from spmgmt.sp.agent import SPAgent
 from spmgmt.sp.web import ManagementWeb
 from spmgmt.tls import clientOptions, serverOptions, tlsServerFactory
@@ -54,7 +56,26 @@ def makeSPService(reactor: Any, config: ArrayConfig, sp: SPConfig) -> MultiServi
     config.stateDirFor(sp.id).mkdir(parents=True, exist_ok=True)
     top = MultiService()
     agent = SPAgent(reactor, config, sp, monotonic=time.monotonic)
-    web = ManagementWeb(agent, portalFromConfig(reactor, config), FailureLimiter(reactor))
+    secret = readPeerSecret(config)
+    peers = {
+        peer.id: PeerClient(
+            reactor,
+            sp.id,
+            peer,
+            config.ca,
+            sp.cert,
+            sp.key,
+            secret,
+            timeout=config.peer.timeout,
+            keepalive=config.peer.keepalive,
+            monotonic=time.monotonic,
+        )
+        for peer in config.sps
+        if peer.id != sp.id
+    }
+    for client in peers.values():
+        client.setServiceParent(top)
+    web = ManagementWeb(agent, portalFromConfig(reactor, config), FailureLimiter(reactor), peers)
 
     # One kept-alive connection: no per-probe connection churn in the log.
     pool = HTTPConnectionPool(reactor, persistent=True)
@@ -83,6 +104,16 @@ def makeSPService(reactor: Any, config: ArrayConfig, sp: SPConfig) -> MultiServi
     contextFactory = serverOptions(sp.cert, sp.key, acceptableProtocols=[b"http/1.1"])
     strports.service(
         listenDescription(sp.web), tlsServerFactory(web.site, contextFactory), reactor=reactor
+    ).setServiceParent(top)
+    # The peer channel: client certificates from the array CA are required,
+    # TLS 1.3 only; a peer silent for several keepalives is dropped.
+    names = {peer.id for peer in config.sps if peer.id != sp.id}
+    pbFactory = PeerServerFactory(
+        peerPortal(agent, names, secret), idleTimeout=max(10.0, 10 * config.peer.keepalive)
+    )
+    pbContext = serverOptions(sp.cert, sp.key, config.ca, requireClientCertificate=True, tls13Only=True)
+    strports.service(
+        listenDescription(sp.pb), tlsServerFactory(pbFactory, pbContext), reactor=reactor
     ).setServiceParent(top)
     top.agent = agent  # type: ignore[attr-defined]
     top.web = web  # type: ignore[attr-defined]

@@ -33,9 +33,10 @@ from spmgmt.auth import (
     Principal,
     credentialsFromHeader,
 )
-from spmgmt.commands import InvalidParameters, UnknownCommand
+from spmgmt.peer.client import PeerClient, PeerFailed, PeerRefused, PeerUnavailable
 from spmgmt.problem import Problem
-from spmgmt.sp.agent import FULL, SERVICE, NotInServiceMode, RequiresActive, SPAgent
+from spmgmt.sp.agent import FULL, SERVICE, SPAgent
+from spmgmt.sp.refusals import problemFor, refusal
 
 _log = Logger()
 _CHALLENGE = b'Basic realm="spmgmt", charset="UTF-8", Bearer realm="spmgmt"'
@@ -61,6 +62,7 @@ class Route:
 ROUTES = (
     Route("/healthz", "GET", "healthz", None, True),
     Route("/metrics", "GET", "metrics", "monitor", True),
+    Route("/api/v1/sps", "GET", "sps", "monitor", False),
     Route("/api/v1/sps/<sp>", "GET", "spSummary", "monitor", False),
     Route("/api/v1/sps/<sp>/status", "GET", "spStatus", "monitor", True),
     Route("/api/v1/sps/<sp>/health", "GET", "spHealth", "monitor", True),
@@ -97,8 +99,15 @@ class ManagementWeb:
     serves whichever the agent's health calls for.
     """
 
-    def __init__(self, agent: SPAgent, portal: Portal, limiter: FailureLimiter) -> None:
+    def __init__(
+        self,
+        agent: SPAgent,
+        portal: Portal,
+        limiter: FailureLimiter,
+        peers: dict[str, PeerClient] | None = None,
+    ) -> None:
         self._agent = agent
+        self._peers = peers or {}
         self._portal = portal
         self._limiter = limiter
         self.fullApp = self._buildApp(FULL)
@@ -188,13 +197,61 @@ class ManagementWeb:
             raise Problem(403, f"This needs the {role} role; {principal.name} is {principal.role}.")
         return principal
 
-    def _ownId(self, sp: str) -> None:
+    def _isSelf(self, sp: str) -> bool:
+        """Whether C{sp} is this SP; 404 if it is no SP of the array."""
         if sp == self._agent.sp.id:
-            return
+            return True
+        if sp in self._peers:
+            return False
         known = [s.id for s in self._agent.config.sps]
-        if sp in known:
-            raise Problem(404, f"This SP answers only for itself ({self._agent.sp.id}).", sp=sp)
         raise Problem(404, f"There is no SP {sp!r} in this array.", sp=sp, known=known)
+
+    def _local(self, value: dict[str, Any]) -> dict[str, Any]:
+        return {**value, "collected_by": self._agent.sp.id, "via": self._agent.sp.id}
+
+    async def _relay(self, sp: str, method: str, *args: Any) -> dict[str, Any]:
+        """
+        Ask the peer C{sp} over PB; its answer with C{collected_by} and
+        C{via}.  A peer that does not answer within the peer timeout gives
+        504 with the last known state and its age, never a hang.
+        """
+        client = self._peers[sp]
+        via = self._agent.sp.id
+        try:
+            value = await client.call(method, *args)
+        except PeerUnavailable as e:
+            known = client.lastKnown(method)
+            if known is None and client.lastSummary is not None and client.lastSeen is not None:
+                known = (client.lastSummary, self._agent.monotonic() - client.lastSeen)
+            raise Problem(
+                504,
+                f"{sp} did not answer: {e.detail}.",
+                title="Peer unavailable",
+                sp=sp,
+                via=via,
+                last_known=known[0] if known else None,
+                age_s=round(known[1], 3) if known else None,
+            ) from None
+        except PeerRefused as e:
+            raise problemFor(e.error, _serviceRoutes(), sp=sp, via=via) from None
+        except PeerFailed as e:
+            raise Problem(502, f"{sp} failed to answer: {e.detail}", sp=sp, via=via) from None
+        if not isinstance(value, dict):
+            raise Problem(502, f"{sp} answered {method} with something unexpected.", sp=sp, via=via)
+        return {**value, "collected_by": sp, "via": via}
+
+    def _peerEntry(self, client: PeerClient) -> dict[str, Any]:
+        summary = client.lastSummary or {"id": client.peer}
+        lastSeen = client.lastSeen
+        return {
+            "id": client.peer,
+            "role": summary.get("role"),
+            "healthy": summary.get("healthy"),
+            "web_server": summary.get("web_server"),
+            "epoch": summary.get("epoch"),
+            "reachable": client.reachable(),
+            "last_seen_s": None if lastSeen is None else round(self._agent.monotonic() - lastSeen, 3),
+        }
 
     # -- handlers ------------------------------------------------------------
 
@@ -206,32 +263,57 @@ class ManagementWeb:
         request.setHeader(b"Content-Type", contentType)
         return body
 
+    async def _sps(self, request: Any, principal: Principal) -> dict[str, Any]:
+        me = {**self._agent.summary(), "reachable": True, "last_seen_s": 0.0}
+        entries = {self._agent.sp.id: me}
+        entries.update({peer: self._peerEntry(client) for peer, client in self._peers.items()})
+        return {
+            "via": self._agent.sp.id,
+            "sps": [entries[sp.id] for sp in self._agent.config.sps if sp.id in entries],
+        }
+
     async def _spSummary(self, request: Any, principal: Principal, sp: str) -> dict[str, Any]:
-        self._ownId(sp)
-        return self._agent.summary()
+        if self._isSelf(sp):
+            return self._local(self._agent.summary())
+        return await self._relay(sp, "summary")
 
     async def _spStatus(self, request: Any, principal: Principal, sp: str) -> dict[str, Any]:
-        self._ownId(sp)
-        return await Deferred.fromCoroutine(self._agent.status())
+        if self._isSelf(sp):
+            return self._local(await Deferred.fromCoroutine(self._agent.status()))
+        return await self._relay(sp, "status")
 
     async def _spHealth(self, request: Any, principal: Principal, sp: str) -> dict[str, Any]:
-        self._ownId(sp)
-        return self._agent.health()
+        if self._isSelf(sp):
+            return self._local(self._agent.health())
+        return await self._relay(sp, "health")
 
     async def _spCommand(
         self, request: Any, principal: Principal, sp: str, name: str
     ) -> dict[str, Any]:
-        self._ownId(sp)
         params = _jsonBody(request).get("params", {})
-        result = await _shielded(self._agent.runCommand(name, params))
+        if self._isSelf(sp):
+            result = (await _shielded(self._agent.runCommand(name, params))).asJSON()
+            result = self._local(result)
+        else:
+            # This SP's own mode still limits what it relays; the peer then
+            # applies its own rules.
+            if not self._agent.healthy:
+                self._agent.checkAllowed(self._agent.command(name))
+            relayed = self._relay(sp, "runCommand", name, params, self._agent.epoch)
+            result = await _shielded(Deferred.fromCoroutine(relayed))
         _log.info(
-            "{user} ran {command} on {sp}: rc={rc}",
+            "{user} ran {command} on {sp} via {via}: rc={rc}",
             user=principal.name,
             command=name,
             sp=sp,
-            rc=result.rc,
+            via=self._agent.sp.id,
+            rc=result.get("rc"),
         )
-        return result.asJSON()
+        return result
+
+
+def _serviceRoutes() -> list[str]:
+    return [f"{r.method} {r.path}" for r in ROUTES if r.service]
 
 
 def _jsonBody(request: Any) -> dict[str, Any]:
@@ -259,20 +341,9 @@ def _problemFor(failure: Failure, request: Any) -> Problem:
         )
     if isinstance(e, HTTPException):
         return Problem(e.code or 400, e.description or "Bad request.")
-    if isinstance(e, UnknownCommand):
-        return Problem(404, f"There is no command {e.name!r}.", command=e.name)
-    if isinstance(e, InvalidParameters):
-        return Problem(422, "The parameters are not valid.", problems=e.problems)
-    if isinstance(e, NotInServiceMode):
-        return Problem(
-            503,
-            f"This SP is in service mode; {e.name!r} is not a service command.",
-            title="Service mode",
-            mode=SERVICE,
-            routes=[f"{r.method} {r.path}" for r in ROUTES if r.service],
-        )
-    if isinstance(e, RequiresActive):
-        return Problem(409, f"{e.name!r} runs only on the active SP.", command=e.name)
+    refused = refusal(e)
+    if refused is not None:
+        return problemFor(refused, _serviceRoutes())
     _log.failure("unexpected error answering {path}", failure, path=getattr(request, "path", b"?"))
     return Problem(500, "An internal error occurred; it has been logged.")
 

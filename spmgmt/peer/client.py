@@ -1,0 +1,275 @@
+# -*- test-case-name: tests.test_peer -*-
+"""
+The client an SP keeps to each of its peers: one reconnecting PB connection
+(C{ClientService} with backoff), a fresh login on every connection, a
+timeout on every call, and an application-level keepalive that tells
+whether the peer is reachable and drops a connection to a hung peer so the
+next attempt can find it again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.cred.credentials import UsernamePassword
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.spread import pb
+
+from spmgmt.config import SPConfig
+from spmgmt.peer._common import GuardedBroker, securityOptions
+from spmgmt.tls import clientOptions
+
+_log = Logger()
+
+
+class PeerUnavailable(Exception):
+    """The peer did not answer: not connected, hung, or the link broke."""
+
+    def __init__(self, peer: str, detail: str) -> None:
+        super().__init__(f"{peer}: {detail}")
+        self.peer = peer
+        self.detail = detail
+
+
+class PeerRefused(Exception):
+    """The peer answered with an error reply (its rules refused the call)."""
+
+    def __init__(self, peer: str, error: dict[str, Any]) -> None:
+        super().__init__(f"{peer}: {error.get('detail')}")
+        self.peer = peer
+        self.error = error
+
+
+class PeerFailed(Exception):
+    """The peer raised an unexpected error (its log has the details)."""
+
+    def __init__(self, peer: str, detail: str) -> None:
+        super().__init__(f"{peer}: {detail}")
+        self.peer = peer
+        self.detail = detail
+
+
+class PeerMind(pb.Referenceable):
+    """
+    What this SP passes at login: the server binds the TLS identity of the
+    connection it leads to, and (later) calls back through it.
+    """
+
+
+class _PBClientFactory(pb.PBClientFactory):
+    """Tells its owner when PB is ready on the connection."""
+
+    protocol = GuardedBroker
+
+    def __init__(self, onReady: Callable[[GuardedBroker], None]) -> None:
+        super().__init__(security=securityOptions())
+        self._onReady = onReady
+
+    def clientConnectionMade(self, broker: GuardedBroker) -> None:
+        super().clientConnectionMade(broker)
+        self._onReady(broker)
+
+
+class _BrokerFactory(Factory):
+    """
+    A fresh PB client factory per connection, so no state (pending root
+    requests, a dead broker) leaks from one connection into the next.
+
+    Login happens once PB is ready, not in C{ClientService}'s
+    C{prepareConnection}: a connection lost during C{prepareConnection}
+    meets a state machine with no transition for it (Twisted 26.10).  The
+    broker's idle timeout ends a connection whose peer never answers (a
+    TLS handshake with a stopped process, say), and C{ClientService}
+    reconnects with backoff.
+    """
+
+    def __init__(self, onReady: Callable[[GuardedBroker], None], idleTimeout: float) -> None:
+        self._onReady = onReady
+        self._idleTimeout = idleTimeout
+
+    def buildProtocol(self, addr: Any) -> GuardedBroker:
+        broker = _PBClientFactory(self._onReady).buildProtocol(addr)
+        broker.idleTimeout = self._idleTimeout
+        return broker
+
+
+class PeerClient(Service):
+    """
+    This SP's link to one peer.
+
+    @ivar lastSeen: monotonic time of the peer's last answer, or L{None}.
+    @ivar lastSummary: the summary the peer sent with its last keepalive.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        selfId: str,
+        peer: SPConfig,
+        ca: Any,
+        cert: Any,
+        key: Any,
+        secret: bytes,
+        timeout: float,
+        keepalive: float,
+        monotonic: Callable[[], float],
+    ) -> None:
+        self.peer = peer.id
+        self._reactor = reactor
+        self._selfId = selfId
+        self._secret = secret
+        self._timeout = timeout
+        self._keepalive = keepalive
+        self._monotonic = monotonic
+        self._perspective: Any = None
+        self._ping: Any = None
+        self._lastKnown: dict[str, tuple[Any, float]] = {}
+        self.lastSeen: float | None = None
+        self.lastSummary: dict[str, Any] | None = None
+        endpoint = wrapClientTLS(
+            clientOptions(peer.id, ca, cert, key, tls13Only=True),
+            HostnameEndpoint(reactor, peer.pb.host.encode(), peer.pb.port, timeout=timeout),
+        )
+        self._service = ClientService(
+            endpoint,
+            _BrokerFactory(self._login, idleTimeout=timeout + keepalive),
+            retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=2.0),
+            clock=reactor,
+        )
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._service.startService()
+        self._schedulePing()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._ping is not None and self._ping.active():
+            self._ping.cancel()
+        self._ping = None
+        self._perspective = None
+        return self._service.stopService()
+
+    def _login(self, broker: GuardedBroker) -> None:
+        credentials = UsernamePassword(self._selfId.encode(), self._secret)
+        d = broker.factory.login(credentials, client=PeerMind())
+        d.addTimeout(self._timeout, self._reactor)
+
+        def loggedIn(perspective: Any) -> None:
+            self._perspective = perspective
+            self._seen()
+            _log.info("peer {peer} connected", peer=self.peer)
+
+            def lost() -> None:
+                if self._perspective is perspective:
+                    self._perspective = None
+                    _log.info("peer {peer} disconnected", peer=self.peer)
+
+            broker.notifyOnDisconnect(lost)
+
+        def failed(reason: Any) -> None:
+            _log.warn("login to peer {peer} failed: {why}", peer=self.peer, why=reason.getErrorMessage())
+            if broker.transport is not None:
+                broker.transport.abortConnection()
+
+        d.addCallbacks(loggedIn, failed)
+
+    # -- calls -------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._perspective is not None
+
+    def reachable(self) -> bool:
+        """Connected, and answered within the last timeout + keepalive."""
+        return (
+            self._perspective is not None
+            and self.lastSeen is not None
+            and self._monotonic() - self.lastSeen <= self._timeout + self._keepalive
+        )
+
+    def _seen(self) -> None:
+        self.lastSeen = self._monotonic()
+
+    def lastKnown(self, method: str) -> tuple[Any, float] | None:
+        """The last good answer to C{method} and its age in seconds."""
+        known = self._lastKnown.get(method)
+        if known is None:
+            return None
+        return known[0], self._monotonic() - known[1]
+
+    async def call(self, method: str, *args: Any) -> Any:
+        """
+        Call C{method} on the peer; the value of its C{ok} reply.
+
+        @raise PeerUnavailable: not connected, or no answer within the timeout.
+        @raise PeerRefused: the peer refused (an C{error} reply).
+        @raise PeerFailed: the peer raised an unexpected error.
+        """
+        perspective = self._perspective
+        if perspective is None:
+            raise PeerUnavailable(self.peer, "not connected")
+        d = perspective.callRemote(method, *args)
+        d.addTimeout(self._timeout, self._reactor)
+        try:
+            reply = await d
+        except (TimeoutError, CancelledError):
+            self._abandon(perspective, f"no answer to {method} within {self._timeout}s")
+            raise PeerUnavailable(self.peer, f"no answer within {self._timeout}s") from None
+        except (pb.PBConnectionLost, pb.DeadReferenceError):
+            raise PeerUnavailable(self.peer, "the connection was lost") from None
+        except Exception as e:
+            raise PeerFailed(self.peer, f"{method} failed on the peer: {e}") from None
+        self._seen()
+        if not isinstance(reply, dict) or not ("ok" in reply or "error" in reply):
+            raise PeerFailed(self.peer, f"{method} answered something that is not a reply")
+        if "error" in reply:
+            raise PeerRefused(self.peer, reply["error"] if isinstance(reply["error"], dict) else {})
+        self._lastKnown[method] = (reply["ok"], self._monotonic())
+        return reply["ok"]
+
+    def _abandon(self, perspective: Any, why: str) -> None:
+        """
+        Drop the connection to a peer that stopped answering (SIGSTOP keeps
+        TCP open): the reconnect loop then finds it again when it is back.
+        """
+        if self._perspective is perspective:
+            self._perspective = None
+            _log.warn("abandoning the connection to {peer}: {why}", peer=self.peer, why=why)
+            transport = perspective.broker.transport
+            if transport is not None:
+                transport.abortConnection()
+
+    # -- keepalive ---------------------------------------------------------------
+
+    def _schedulePing(self) -> None:
+        self._ping = self._reactor.callLater(self._keepalive, self._sendPing)
+
+    def _sendPing(self) -> None:
+        if self._perspective is None:
+            self._schedulePing()
+            return
+        d = Deferred.fromCoroutine(self.call("ping"))
+
+        def answered(summary: Any) -> None:
+            if isinstance(summary, dict):
+                self.lastSummary = summary
+
+        def failed(reason: Any) -> None:
+            # Keepalive failures are expected while a peer is down; the
+            # loop must survive every one of them.
+            if not reason.check(PeerUnavailable, PeerRefused, PeerFailed):
+                _log.failure("keepalive to {peer} failed", reason, peer=self.peer)
+
+        def again(_: Any) -> None:
+            if self.running:
+                self._schedulePing()
+
+        d.addCallbacks(answered, failed).addBoth(again)
