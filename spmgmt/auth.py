@@ -106,7 +106,9 @@ class PasswordHashChecker:
         self._decoy = hashPassword(base64.b64encode(os.urandom(12)).decode())
 
     def _cacheKey(self, user: bytes, password: bytes) -> bytes:
-        return hmac.new(self._key, user + b"\0" + password, hashlib.sha256).digest()
+        # Length-prefixed, so no (user, password) pair can collide with another.
+        message = len(user).to_bytes(4, "big") + user + password
+        return hmac.new(self._key, message, hashlib.sha256).digest()
 
     def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
         user, password = credentials.username, credentials.password

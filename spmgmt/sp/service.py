@@ -103,7 +103,7 @@ def makeSPService(reactor: Any, config: ArrayConfig, sp: SPConfig) -> MultiServi
 
     contextFactory = serverOptions(sp.cert, sp.key, acceptableProtocols=[b"http/1.1"])
     strports.service(
-        listenDescription(sp.web), tlsServerFactory(web.site, contextFactory), reactor=reactor
+        listenDescription(sp.web), tlsServerFactory(web.site, contextFactory, reactor), reactor=reactor
     ).setServiceParent(top)
     # The peer channel: client certificates from the array CA are required,
     # TLS 1.3 only; a peer silent for several keepalives is dropped.
@@ -113,7 +113,7 @@ def makeSPService(reactor: Any, config: ArrayConfig, sp: SPConfig) -> MultiServi
     )
     pbContext = serverOptions(sp.cert, sp.key, config.ca, requireClientCertificate=True, tls13Only=True)
     strports.service(
-        listenDescription(sp.pb), tlsServerFactory(pbFactory, pbContext), reactor=reactor
+        listenDescription(sp.pb), tlsServerFactory(pbFactory, pbContext, reactor), reactor=reactor
     ).setServiceParent(top)
     top.agent = agent  # type: ignore[attr-defined]
     top.web = web  # type: ignore[attr-defined]

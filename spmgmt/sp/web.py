@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from urllib.parse import unquote_to_bytes
 from typing import Any, Awaitable, Callable
 
 from attrs import frozen
@@ -360,6 +361,9 @@ class SPRequest(Request):
     def gotLength(self, length: int | None) -> None:
         self._bodyBytes = 0
         if length is not None and length > self.channel.site.agent.config.limits.max_body:
+            # Twisted reads on after this method: give it an empty body to
+            # write into, then refuse.
+            super().gotLength(0)
             self._refuseBody()
             return
         super().gotLength(length)
@@ -379,6 +383,10 @@ class SPRequest(Request):
         will be refused anyway is what an attacker wants.
         """
         self._tooLarge = True
+        # No "100 Continue" after the refusal, and no more parsing: the rest
+        # of the body may still arrive while TLS closes.
+        self.requestHeaders.removeHeader(b"expect")
+        self.channel.dataReceived = lambda data: None
         limit = self.channel.site.agent.config.limits.max_body
         body = json.dumps(
             Problem(413, f"The request body is larger than {limit} bytes.").asJSON()
@@ -400,7 +408,7 @@ class SPRequest(Request):
         self._started = time.monotonic()
         self.setHeader(b"X-SPMgmt-Served-By", self.channel.site.agent.sp.id.encode())
         try:
-            self.path.decode("utf-8")
+            unquote_to_bytes(self.path).decode("utf-8")
         except UnicodeDecodeError:
             self.write(Problem(400, "The URL is not UTF-8.").render(self))
             self.finish()
@@ -427,5 +435,6 @@ class SPSite(Site):
 
     def __init__(self, resource: Any, agent: SPAgent, **kwargs: Any) -> None:
         kwargs.setdefault("timeout", agent.config.limits.idle_timeout)
+        kwargs.setdefault("reactor", agent.reactor)
         super().__init__(resource, **kwargs)
         self.agent = agent

@@ -23,7 +23,6 @@ from typing import Any
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -92,11 +91,22 @@ requires_active = true
 """
 
 
-def freePort() -> int:
-    """An ephemeral TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def freePorts(count: int) -> list[int]:
+    """
+    C{count} distinct ephemeral TCP ports on 127.0.0.1 that were free a
+    moment ago (all sockets stay open until every port is chosen, so the
+    kernel cannot hand out one twice).
+    """
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @implementer(IPolicyForHTTPS)
@@ -192,13 +202,14 @@ class ArrayHarness:
         self._agent = Agent(self.reactor, contextFactory=_ByPortPolicy(self.config), pool=self._pool)
 
     def _configText(self) -> str:
+        ports = iter(freePorts(2 * len(self.spIds)))
         sps = "".join(
             textwrap.dedent(
                 f"""
                 [[sp]]
                 id = "{spId}"
-                web = "127.0.0.1:{freePort()}"
-                pb = "127.0.0.1:{freePort()}"
+                web = "127.0.0.1:{next(ports)}"
+                pb = "127.0.0.1:{next(ports)}"
                 cert = "var/pki/{spId}.pem"
                 key = "var/pki/{spId}.key"
                 """

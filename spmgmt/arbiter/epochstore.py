@@ -1,0 +1,79 @@
+# -*- test-case-name: tests.test_epochstore -*-
+"""
+The last issued epoch, on disk: written to a temporary file, fsynced,
+renamed over the old one, and the directory fsynced, so a crash at any
+point leaves either the old or the new epoch, never neither and never a
+torn file.  An epoch that cannot be stored is not granted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class EpochStoreError(Exception):
+    """The epoch file cannot be read or written; the message says why."""
+
+
+def _crashPoint(name: str) -> None:
+    """
+    Die here if C{SPMGMT_CRASH_AT} names this point: how the fault tests
+    crash the arbiter at each step of a grant.
+    """
+    if os.environ.get("SPMGMT_CRASH_AT") == name:
+        os._exit(86)
+
+
+class EpochStore:
+    """The persisted last epoch of one arbiter."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def load(self) -> int:
+        """
+        The last stored epoch; 0 when there is no file yet.
+
+        @raise EpochStoreError: the file exists but is unreadable or corrupt.
+        """
+        try:
+            data = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return 0
+        except OSError as e:
+            raise EpochStoreError(f"cannot read {self.path}: {e.strerror}") from None
+        try:
+            epoch = json.loads(data)["epoch"]
+        except (ValueError, KeyError, TypeError):
+            raise EpochStoreError(f"{self.path} is corrupt") from None
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise EpochStoreError(f"{self.path} holds no valid epoch")
+        return epoch
+
+    def store(self, epoch: int) -> None:
+        """
+        Durably replace the stored epoch with C{epoch}.
+
+        @raise EpochStoreError: it could not be made durable.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        _crashPoint("grant.before_persist")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, json.dumps({"epoch": epoch}).encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except OSError as e:
+            raise EpochStoreError(f"cannot store epoch {epoch} in {self.path}: {e.strerror}") from None
+        _crashPoint("grant.after_fsync")
