@@ -143,6 +143,27 @@ class PeerConfig:
 
 
 @frozen
+class TokenPolicyConfig:
+    """
+    The active token: heartbeats, the miss window, the SP's lease, the
+    preference order, opt-in failback, and where the arbiter keeps the last
+    epoch it issued.
+    """
+
+    heartbeat_interval: float
+    heartbeat_misses: int
+    lease_timeout: float
+    preference: tuple[str, ...]
+    preferred: str | None
+    failback_after: float | None
+    state_file: Path
+
+    @property
+    def missWindow(self) -> float:
+        return self.heartbeat_interval * self.heartbeat_misses
+
+
+@frozen
 class LimitsConfig:
     max_body: int
     idle_timeout: float
@@ -164,6 +185,7 @@ class ArrayConfig:
     checks: tuple[CheckConfig, ...]
     limits: LimitsConfig
     peer: PeerConfig
+    token: TokenPolicyConfig
 
     def sp(self, spId: str) -> SPConfig:
         """
@@ -572,6 +594,40 @@ def parseConfig(path: str | Path) -> ArrayConfig:
         keepalive=peer.positive("keepalive", float, 0.5),
     )
     peer.done()
+
+    token = top.table("token", {})
+    interval = token.positive("heartbeat_interval", float, 0.1)
+    misses = token.positive("heartbeat_misses", int, 3)
+    ids = [sp.id for sp in sps]
+    preference = token.strings("preference", ids)
+    for i, spId in enumerate(preference):
+        if spId not in ids:
+            raise ConfigError(path, f"token.preference[{i}]", f"no SP {spId!r}")
+    preferred = token.get("preferred", str, None)
+    failbackAfter = token.positive("failback_after", float, None)
+    if (preferred is None) != (failbackAfter is None):
+        raise token.fail("preferred", "failback needs both preferred and failback_after")
+    if preferred is not None and preferred not in ids:
+        raise token.fail("preferred", f"no SP {preferred!r}")
+    tokenConfig = TokenPolicyConfig(
+        heartbeat_interval=interval,
+        heartbeat_misses=misses,
+        # As long as the arbiter's miss window: a stall too short to move
+        # the token is too short to make the SP step down (no false
+        # failover), and epochs fence the rest.
+        lease_timeout=token.positive("lease_timeout", float, interval * misses),
+        preference=tuple(preference),
+        preferred=preferred,
+        failback_after=failbackAfter,
+        state_file=_path(token, root, "state_file", "var/state/arbiter/epoch.json"),
+    )
+    if tokenConfig.lease_timeout > tokenConfig.missWindow:
+        raise token.fail(
+            "lease_timeout",
+            f"must not exceed heartbeat_interval x heartbeat_misses ({tokenConfig.missWindow:g}s): "
+            "an SP must step down before another can be granted",
+        )
+    token.done()
     top.done()
 
     return ArrayConfig(
@@ -589,6 +645,7 @@ def parseConfig(path: str | Path) -> ArrayConfig:
         checks=tuple(checks),
         limits=limitsConfig,
         peer=peerConfig,
+        token=tokenConfig,
     )
 
 
@@ -602,6 +659,22 @@ def readPeerSecret(config: ArrayConfig) -> bytes:
     if len(secret) < 16:
         raise ConfigError(config.path, "peer.secret_file", f"{config.peer.secret_file} holds fewer than 16 bytes")
     return secret
+
+
+def loadForProxy(path: str | Path) -> ArrayConfig:
+    """
+    Parse the configuration and check what the proxy (and its arbiter)
+    will use: its certificate and key, the array CA and the peer secret.
+
+    @raise ConfigError: the first problem found, or no [proxy] table.
+    """
+    config = parseConfig(path)
+    if config.proxy is None:
+        raise ConfigError(config.path, "proxy", "missing: the proxy needs a [proxy] table")
+    checkCA(config)
+    checkKeyPair(config.path, "proxy.cert", config.proxy.cert, "proxy.key", config.proxy.key)
+    readPeerSecret(config)
+    return config
 
 
 def loadForSP(path: str | Path, spId: str) -> tuple[ArrayConfig, SPConfig]:

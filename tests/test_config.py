@@ -106,14 +106,10 @@ class ParseConfigTests(ConfigTestsMixin, SynchronousTestCase):
         The sample C{etc/spmgmt.toml} parses once the secrets it names exist,
         with the ports the launcher and the docs rely on.
         """
-        root = Path(__file__).parent.parent
-        sample = (root / "etc" / "spmgmt.toml").read_text()
-        sample = sample.replace('root = ".."', f'root = "{self.pkiDir.parent}"')
+        from spmgmt.testing import sampleConfig
+
+        config = sampleConfig(self.pkiDir.parent)
         secrets = self.pkiDir.parent / "var" / "secrets"
-        secrets.mkdir(parents=True, exist_ok=True)
-        for user in ("admin", "monitor"):
-            (secrets / f"{user}.hash").write_text(_HASH + "\n")
-        config = parseConfig(self.write(sample))
         self.assertEqual([sp.id for sp in config.sps], ["spa", "spb"])
         self.assertEqual(
             [(sp.web.port, sp.pb.port) for sp in config.sps], [(8701, 8711), (8702, 8712)]
@@ -123,7 +119,7 @@ class ParseConfigTests(ConfigTestsMixin, SynchronousTestCase):
             (config.proxy.tls.port, config.proxy.plain and config.proxy.plain.port, config.proxy.arbiter.port),
             (8443, 8080, 8700),
         )
-        self.assertEqual(config.users[0].password_hash, _HASH)
+        self.assertEqual(config.users[0].password_hash, (secrets / "admin.hash").read_text().strip())
         self.assertIn("maintenance", [c.name for c in config.checks])
         self.assertEqual(config.peer.secret_file, secrets / "peer.secret")
         self.assertEqual((config.peer.timeout, config.peer.keepalive), (2.0, 0.5))

@@ -764,10 +764,15 @@ class BuildChecksTests(SynchronousTestCase):
         """
         The checks of the sample configuration build.
         """
-        from spmgmt.config import parseConfig
+        import shutil
+        import tempfile
+        from pathlib import Path
 
-        path = os.path.join(os.path.dirname(__file__), "..", "etc", "spmgmt.toml")
-        config = parseConfig(path)
+        from spmgmt.testing import sampleConfig
+
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory, True)
+        config = sampleConfig(Path(directory))
         clock = Clock()
         clock.getThreadPool = lambda: None  # type: ignore[attr-defined]
         built = buildChecks(clock, config.checks, "spa", lambda: succeed(200))

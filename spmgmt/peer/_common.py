@@ -14,13 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.protocols.policies import TimeoutMixin
-from twisted.spread import jelly, pb
+from twisted.spread import banana, jelly, pb
 
 #: Bytes one message may take on the wire before the peer is dropped.
 MAX_MESSAGE_BYTES = 1024 * 1024
 #: Nesting depth of lists in one message before the peer is dropped.
 MAX_DEPTH = 32
-#: Serialized size of one reply; larger replies become an error.
+#: Wire size of one reply; larger replies become an error.
 MAX_REPLY_BYTES = 512 * 1024
 
 
@@ -38,6 +38,28 @@ def securityOptions() -> jelly.SecurityOptions:
     return options
 
 
+class _TooDeep(Exception):
+    """Raised by L{_DepthLimitedStack} while banana decodes."""
+
+
+class _DepthLimitedStack(list):  # type: ignore[type-arg]
+    """
+    Banana's stack of lists being decoded, refusing to grow past
+    C{MAX_DEPTH}: the check must run inside the decoder, since one delivery
+    can carry a whole message thousands of levels deep.
+    """
+
+    def append(self, item: Any) -> None:
+        if len(self) >= MAX_DEPTH:
+            raise _TooDeep()
+        super().append(item)
+
+
+#: Slice size for feeding banana, so the message-size count sees message
+#: boundaries however the bytes were chunked.
+_SLICE = 16 * 1024
+
+
 class GuardedBroker(pb.Broker, TimeoutMixin):
     """
     A broker that bounds what a peer can make it hold: the bytes of one
@@ -47,6 +69,12 @@ class GuardedBroker(pb.Broker, TimeoutMixin):
 
     idleTimeout: float | None = None
     _messageBytes = 0
+    _dropped = False
+    _completed = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.listStack = _DepthLimitedStack()
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -54,21 +82,33 @@ class GuardedBroker(pb.Broker, TimeoutMixin):
             self.setTimeout(self.idleTimeout)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._dropped:
+            return
         self.resetTimeout()
-        self._messageBytes += len(data)
-        if self._messageBytes > MAX_MESSAGE_BYTES:
-            self._drop("message too large")
-            return
-        try:
-            super().dataReceived(data)
-        except RecursionError:
-            self._drop("message nested too deeply")
-            return
-        if len(self.listStack) > MAX_DEPTH:
-            self._drop("message nested too deeply")
-            return
-        if not self.listStack and not self.buffer:
-            self._messageBytes = 0
+        for start in range(0, len(data), _SLICE):
+            piece = data[start : start + _SLICE]
+            self._messageBytes += len(piece)
+            if self._messageBytes > MAX_MESSAGE_BYTES:
+                self._drop("message too large")
+                return
+            self._completed = False
+            try:
+                super().dataReceived(piece)
+            except (_TooDeep, RecursionError):
+                self._drop("message nested too deeply")
+                return
+            if self._dropped:
+                return
+            if not self.listStack and not self.buffer:
+                self._messageBytes = 0
+            elif self._completed:
+                # A message ended inside this slice and the next began: its
+                # bytes so far are at most this slice.
+                self._messageBytes = len(piece)
+
+    def callExpressionReceived(self, obj: Any) -> None:
+        self._completed = True
+        super().callExpressionReceived(obj)
 
     def timeoutConnection(self) -> None:
         self._drop("idle too long")
@@ -77,7 +117,8 @@ class GuardedBroker(pb.Broker, TimeoutMixin):
         from twisted.logger import Logger
 
         Logger().warn("dropping peer connection: {why}", why=why)
-        self.listStack = []
+        self._dropped = True
+        self.listStack = _DepthLimitedStack()
         self.buffer = b""
         if self.transport is not None:
             self.transport.abortConnection()
@@ -85,6 +126,16 @@ class GuardedBroker(pb.Broker, TimeoutMixin):
     def connectionLost(self, reason: Any) -> None:
         self.setTimeout(None)
         super().connectionLost(reason)
+
+
+def wireSize(value: Any) -> int:
+    """
+    How many bytes C{value} takes on the peer channel, as jelly and banana
+    encode it.
+
+    @raise banana.BananaError: it cannot be sent at all.
+    """
+    return len(banana.encode(jelly.jelly(value)))
 
 
 def ok(value: Any) -> dict[str, Any]:

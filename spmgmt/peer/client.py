@@ -88,13 +88,15 @@ class _BrokerFactory(Factory):
     reconnects with backoff.
     """
 
-    def __init__(self, onReady: Callable[[GuardedBroker], None], idleTimeout: float) -> None:
+    def __init__(self, clock: Any, onReady: Callable[[GuardedBroker], None], idleTimeout: float) -> None:
+        self._clock = clock
         self._onReady = onReady
         self._idleTimeout = idleTimeout
 
     def buildProtocol(self, addr: Any) -> GuardedBroker:
         broker = _PBClientFactory(self._onReady).buildProtocol(addr)
         broker.idleTimeout = self._idleTimeout
+        broker.callLater = self._clock.callLater  # the idle timer runs on our clock
         return broker
 
 
@@ -134,10 +136,11 @@ class PeerClient(Service):
         endpoint = wrapClientTLS(
             clientOptions(peer.id, ca, cert, key, tls13Only=True),
             HostnameEndpoint(reactor, peer.pb.host.encode(), peer.pb.port, timeout=timeout),
+            clock=reactor,
         )
         self._service = ClientService(
             endpoint,
-            _BrokerFactory(self._login, idleTimeout=timeout + keepalive),
+            _BrokerFactory(reactor, self._login, idleTimeout=timeout + keepalive),
             retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=2.0),
             clock=reactor,
         )
@@ -216,9 +219,9 @@ class PeerClient(Service):
         perspective = self._perspective
         if perspective is None:
             raise PeerUnavailable(self.peer, "not connected")
-        d = perspective.callRemote(method, *args)
-        d.addTimeout(self._timeout, self._reactor)
         try:
+            d = perspective.callRemote(method, *args)
+            d.addTimeout(self._timeout, self._reactor)
             reply = await d
         except (TimeoutError, CancelledError):
             self._abandon(perspective, f"no answer to {method} within {self._timeout}s")
@@ -226,7 +229,9 @@ class PeerClient(Service):
         except (pb.PBConnectionLost, pb.DeadReferenceError):
             raise PeerUnavailable(self.peer, "the connection was lost") from None
         except Exception as e:
-            raise PeerFailed(self.peer, f"{method} failed on the peer: {e}") from None
+            # A remote error, or one raised while sending (an argument PB
+            # cannot encode): either way, not this SP's crash.
+            raise PeerFailed(self.peer, f"{method} failed: {e}") from None
         self._seen()
         if not isinstance(reply, dict) or not ("ok" in reply or "error" in reply):
             raise PeerFailed(self.peer, f"{method} answered something that is not a reply")

@@ -11,7 +11,6 @@ login name, so a valid certificate for C{spb} cannot log in as C{spa}.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
@@ -20,10 +19,10 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
-from twisted.spread import pb
+from twisted.spread import banana, pb
 from zope.interface import implementer
 
-from spmgmt.peer._common import MAX_REPLY_BYTES, GuardedBroker, error, ok, securityOptions
+from spmgmt.peer._common import MAX_REPLY_BYTES, GuardedBroker, error, ok, securityOptions, wireSize
 from spmgmt.sp.agent import SPAgent
 from spmgmt.sp.refusals import refusal
 from spmgmt.tls import peerIdentity
@@ -54,7 +53,10 @@ class PeerSecretChecker:
 
 def _reply(value: Any) -> dict[str, Any]:
     """C{ok(value)}, or a too_large error when it would not fit the channel."""
-    size = len(json.dumps(value, default=str))
+    try:
+        size = wireSize(ok(value))
+    except banana.BananaError as e:
+        return error("too_large", f"the reply cannot be sent: {e}")
     if size > MAX_REPLY_BYTES:
         return error("too_large", f"the reply would be {size} bytes (limit {MAX_REPLY_BYTES})")
     return ok(value)
@@ -112,16 +114,25 @@ class PeerRealm:
     def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:
         if pb.IPerspective not in interfaces:
             raise NotImplementedError("only PB perspectives")
-        name = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
-        broker = getattr(mind, "broker", None)
-        identity = peerIdentity(broker.transport) if broker is not None else None
-        if identity != name:
-            _log.warn(
-                "refused peer login as {name}: certificate names {identity}", name=name, identity=identity
-            )
-            raise UnauthorizedLogin("the certificate does not match the login name")
-        avatar = PeerAvatar(self._agent, name)
+        avatar = PeerAvatar(self._agent, boundName(avatarId, mind))
         return pb.IPerspective, avatar, lambda: None
+
+
+def boundName(avatarId: Any, mind: Any) -> str:
+    """
+    The login name, if the verified TLS certificate of the connection the
+    login's mind leads to names the same SP; the one place the TLS identity
+    is bound to the cred identity.
+
+    @raise UnauthorizedLogin: no mind, no verified certificate, or another name.
+    """
+    name = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else str(avatarId)
+    broker = getattr(mind, "broker", None)
+    identity = peerIdentity(broker.transport) if broker is not None else None
+    if identity != name:
+        _log.warn("refused login as {name}: certificate names {identity}", name=name, identity=identity)
+        raise UnauthorizedLogin("the certificate does not match the login name")
+    return name
 
 
 class PeerServerFactory(pb.PBServerFactory):
@@ -129,13 +140,16 @@ class PeerServerFactory(pb.PBServerFactory):
 
     protocol = GuardedBroker
 
-    def __init__(self, portal: Portal, idleTimeout: float) -> None:
+    def __init__(self, portal: Portal, idleTimeout: float, clock: Any = None) -> None:
         super().__init__(portal, unsafeTracebacks=False, security=securityOptions())
         self._idleTimeout = idleTimeout
+        self._clock = clock
 
     def buildProtocol(self, addr: Any) -> GuardedBroker:
         broker = super().buildProtocol(addr)
         broker.idleTimeout = self._idleTimeout
+        if self._clock is not None:
+            broker.callLater = self._clock.callLater
         return broker
 
 

@@ -109,7 +109,7 @@ def makeSPService(reactor: Any, config: ArrayConfig, sp: SPConfig) -> MultiServi
     # TLS 1.3 only; a peer silent for several keepalives is dropped.
     names = {peer.id for peer in config.sps if peer.id != sp.id}
     pbFactory = PeerServerFactory(
-        peerPortal(agent, names, secret), idleTimeout=max(10.0, 10 * config.peer.keepalive)
+        peerPortal(agent, names, secret), idleTimeout=max(10.0, 10 * config.peer.keepalive), clock=reactor
     )
     pbContext = serverOptions(sp.cert, sp.key, config.ca, requireClientCertificate=True, tls13Only=True)
     strports.service(

@@ -399,3 +399,17 @@ class ArrayTestMixin:
             for spId in harness.spIds:
                 print(f"\n===== {spId} =====\n{harness.logTail(spId)}")
         await harness.stopAll()
+
+
+def sampleConfig(directory: Path) -> ArrayConfig:
+    """
+    The sample C{etc/spmgmt.toml} of this checkout, parsed with its root
+    moved to C{directory}, where the secrets it names are generated: tests
+    of the sample never depend on what C{make run} left in C{var/}.
+    """
+    sample = Path(__file__).resolve().parent.parent.parent / "etc" / "spmgmt.toml"
+    text = sample.read_text().replace('root = ".."', f"root = {str(directory)!r}", 1)
+    ensureSecrets(Path(directory) / "var" / "secrets")
+    path = Path(directory) / "spmgmt.toml"
+    path.write_text(text)
+    return parseConfig(path)
