@@ -19,13 +19,14 @@ import http.client
 import os
 import secrets
 import signal
+import socket
 import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from spmgmt.config import ArrayConfig, ConfigError, SPConfig, parseConfig
+from spmgmt.config import ArrayConfig, ConfigError, parseConfig
 from spmgmt.passwords import hashPassword
 from spmgmt.pki import ensurePKI
 
@@ -69,18 +70,31 @@ def prepare(configPath: Path, varDir: Path) -> ArrayConfig:
     return config
 
 
-def twistdArgv(python: str, configPath: Path, sp: SPConfig, varDir: Path) -> list[str]:
-    """The command line that runs the agent of C{sp} in the foreground."""
+def twistdArgv(python: str, configPath: Path, name: str, varDir: Path) -> list[str]:
+    """
+    The command line that runs C{name} (an SP id, or C{proxy}) in the
+    foreground.
+    """
+    command = ["proxy"] if name == "proxy" else ["sp", f"--id={name}"]
     return [
         str(Path(python).parent / "twistd"),
         "--nodaemon",
-        f"--pidfile={varDir / 'run' / (sp.id + '.pid')}",
-        f"--logfile={varDir / 'log' / (sp.id + '.log')}",
+        f"--pidfile={varDir / 'run' / (name + '.pid')}",
+        f"--logfile={varDir / 'log' / (name + '.log')}",
         "spmgmt",
-        "sp",
+        command[0],
         f"--config={configPath}",
-        f"--id={sp.id}",
+        *command[1:],
     ]
+
+
+def portOpen(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether a TCP connection to C{host:port} is accepted (blocking)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def healthzOK(host: str, port: int, serverName: str, ca: Path, timeout: float = 1.0) -> bool:
@@ -97,17 +111,30 @@ def healthzOK(host: str, port: int, serverName: str, ca: Path, timeout: float = 
         return False
 
 
+def _names(config: ArrayConfig) -> list[str]:
+    """Every process of the array: the proxy (if configured) first."""
+    return (["proxy"] if config.proxy is not None else []) + [sp.id for sp in config.sps]
+
+
+def _ready(config: ArrayConfig, name: str) -> bool:
+    if name == "proxy":
+        assert config.proxy is not None
+        return portOpen(config.proxy.arbiter.host, config.proxy.arbiter.port)
+    sp = config.sp(name)
+    return healthzOK(sp.web.host, sp.web.port, name, config.ca)
+
+
 def _waitReady(config: ArrayConfig, procs: dict[str, subprocess.Popen], deadline: float) -> None:
-    pending = {sp.id: sp for sp in config.sps}
+    pending = list(procs)
     while pending:
-        for spId, sp in list(pending.items()):
-            if procs[spId].poll() is not None:
+        for name in list(pending):
+            if procs[name].poll() is not None:
                 raise SystemExit(
-                    f"spmgmt: {spId} exited with status {procs[spId].returncode}; "
-                    f"see var/log/{spId}.log and var/log/{spId}.out"
+                    f"spmgmt: {name} exited with status {procs[name].returncode}; "
+                    f"see var/log/{name}.log and var/log/{name}.out"
                 )
-            if healthzOK(sp.web.host, sp.web.port, spId, config.ca):
-                del pending[spId]
+            if _ready(config, name):
+                pending.remove(name)
         if pending and time.monotonic() > deadline:
             raise SystemExit(f"spmgmt: not ready in time: {', '.join(pending)}")
         time.sleep(0.1)
@@ -116,11 +143,11 @@ def _waitReady(config: ArrayConfig, procs: dict[str, subprocess.Popen], deadline
 def start(configPath: Path, varDir: Path, detach: bool) -> tuple[ArrayConfig, dict[str, subprocess.Popen]]:
     config = prepare(configPath, varDir)
     procs = {}
-    for sp in config.sps:
-        argv = twistdArgv(sys.executable, configPath, sp, varDir)
-        # Early errors (before twistd's log is open) land in <id>.out.
-        with open(varDir / "log" / f"{sp.id}.out", "ab") as out:
-            procs[sp.id] = subprocess.Popen(
+    for name in _names(config):
+        argv = twistdArgv(sys.executable, configPath, name, varDir)
+        # Early errors (before twistd's log is open) land in <name>.out.
+        with open(varDir / "log" / f"{name}.out", "ab") as out:
+            procs[name] = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=detach,
             )
@@ -150,6 +177,8 @@ def _banner(config: ArrayConfig, varDir: Path) -> str:
     ca = os.path.relpath(config.ca)
     password = os.path.relpath(varDir / "secrets" / "admin.password")
     lines = [f"spmgmt: array {config.name!r} is up:"]
+    if config.proxy is not None:
+        lines.append(f"  proxy: arbiter on {config.proxy.arbiter}  (log var/log/proxy.log)")
     for sp in config.sps:
         lines.append(f"  {sp.id}: https://{sp.web.host}:{sp.web.port}/  (log var/log/{sp.id}.log)")
     first = config.sps[0]
@@ -166,20 +195,20 @@ def _banner(config: ArrayConfig, varDir: Path) -> str:
 
 def stop(configPath: Path, varDir: Path) -> None:
     config = parseConfig(configPath)
-    for sp in config.sps:
-        pidfile = varDir / "run" / f"{sp.id}.pid"
+    for name in _names(config):
+        pidfile = varDir / "run" / f"{name}.pid"
         try:
             pid = int(pidfile.read_text().strip())
         except (OSError, ValueError):
             continue
         try:
             os.kill(pid, signal.SIGTERM)
-            print(f"spmgmt: stopping {sp.id} (pid {pid})")
+            print(f"spmgmt: stopping {name} (pid {pid})")
         except ProcessLookupError:
             pidfile.unlink(missing_ok=True)
     deadline = time.monotonic() + 10
-    for sp in config.sps:
-        pidfile = varDir / "run" / f"{sp.id}.pid"
+    for name in _names(config):
+        pidfile = varDir / "run" / f"{name}.pid"
         while pidfile.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
 

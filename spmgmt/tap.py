@@ -32,18 +32,40 @@ class SPOptions(usage.Options):
                 raise usage.UsageError(f"--{name} is required")
 
 
+class ProxyOptions(usage.Options):
+    """Options of C{twistd spmgmt proxy}."""
+
+    synopsis = "--config FILE"
+    longdesc = (
+        "Run the proxy process.  Today it runs the arbiter, which grants the "
+        "active token to one healthy SP at a time (PB over mutual TLS on "
+        "[proxy] arbiter); the client-facing HTTP front end is not built yet."
+    )
+    optParameters = [
+        ["config", "c", None, "The array's configuration file (TOML), e.g. etc/spmgmt.toml."],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["config"]:
+            raise usage.UsageError("--config is required")
+
+
 class Options(usage.Options):
     """Options of C{twistd spmgmt}."""
 
     synopsis = "COMMAND [options]"
-    longdesc = "Service processor management.  COMMAND is: sp (one SP agent)."
+    longdesc = (
+        "Service processor management.  COMMAND is: sp (one SP agent) or "
+        "proxy (the arbiter of the active token)."
+    )
     subCommands = [
         ["sp", None, SPOptions, "Run one service processor's agent."],
+        ["proxy", None, ProxyOptions, "Run the proxy process (the arbiter)."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("name a command: sp")
+            raise usage.UsageError("name a command: sp or proxy")
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -63,6 +85,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
             config, sp = loadForSP(sub["config"], sub["id"])
             return makeSPService(reactor, config, sp)
+        if options.subCommand == "proxy":
+            from spmgmt.arbiter.service import makeArbiterService
+            from spmgmt.config import loadForProxy
+
+            return makeArbiterService(reactor, loadForProxy(sub["config"]))
     except ConfigError as e:
         raise SystemExit(f"spmgmt: {e}") from None
     raise SystemExit(f"spmgmt: unknown command {options.subCommand!r}")

@@ -68,10 +68,13 @@ class ArbiterState:
     @ivar vacantSince: since when no SP has been active (acknowledged).
     @ivar startedAt: when this arbiter started (for the startup grace).
     @ivar alarmed: a persist failure was reported and not yet cleared.
+    @ivar lastHolder: the SP C{issued} was granted to (persisted with it),
+        the only SP that may be handed C{issued} again.
     """
 
     issued: int
     startedAt: float
+    lastHolder: str | None = None
     holder: str | None = None
     acked: bool = False
     grantedAt: float = 0.0
@@ -80,9 +83,12 @@ class ArbiterState:
     alarmed: bool = False
 
 
-def initial(persistedEpoch: int, now: float) -> ArbiterState:
-    """The state of an arbiter that starts with C{persistedEpoch} on disk."""
-    return ArbiterState(issued=persistedEpoch, startedAt=now, vacantSince=now)
+def initial(persistedEpoch: int, now: float, lastHolder: str | None = None) -> ArbiterState:
+    """
+    The state of an arbiter that starts with C{persistedEpoch} (granted to
+    C{lastHolder}) on disk.
+    """
+    return ArbiterState(issued=persistedEpoch, startedAt=now, vacantSince=now, lastHolder=lastHolder)
 
 
 # -- inputs --------------------------------------------------------------------
@@ -90,12 +96,18 @@ def initial(persistedEpoch: int, now: float) -> ArbiterState:
 
 @frozen
 class Joined:
-    """An SP logged in (again); C{holds} is the epoch it holds as active."""
+    """
+    An SP logged in (again).  C{holds}: the epoch it holds as active now;
+    C{claim}: the last epoch it was granted and not revoked (it keeps that
+    after stepping down on its lease, so a restarted arbiter can hand the
+    token back to it without a new epoch).
+    """
 
     sp: str
     healthy: bool
     holds: int | None
     now: float
+    claim: int | None = None
 
 
 @frozen
@@ -104,6 +116,7 @@ class Heartbeat:
     healthy: bool
     holds: int | None
     now: float
+    claim: int | None = None
 
 
 @frozen
@@ -146,9 +159,13 @@ Input = Union[Joined, Heartbeat, Disconnected, GrantAcked, PersistFailed, Tick, 
 
 @frozen
 class Persist:
-    """Write C{epoch} durably before anything else; feed back a failure."""
+    """
+    Write C{epoch} (and the SP it goes to) durably before anything else;
+    feed back a failure.
+    """
 
     epoch: int
+    holder: str | None = None
 
 
 @frozen
@@ -210,8 +227,8 @@ def arrayState(state: ArbiterState) -> str:
 
 def _grant(state: ArbiterState, sp: str, now: float, reason: str) -> tuple[ArbiterState, list[Effect]]:
     epoch = state.issued + 1
-    effects: list[Effect] = [Persist(epoch), Grant(sp, epoch)]
-    new = evolve(state, issued=epoch, holder=sp, acked=False, grantedAt=now)
+    effects: list[Effect] = [Persist(epoch, sp), Grant(sp, epoch)]
+    new = evolve(state, issued=epoch, holder=sp, acked=False, grantedAt=now, lastHolder=sp)
     return new, effects + [Event("grant", {"to": sp, "epoch": epoch, "reason": reason})]
 
 
@@ -233,9 +250,11 @@ def _fill(state: ArbiterState, now: float, policy: Policy, reason: str, previous
     """Grant to the best candidate if the token is vacant and one exists."""
     if state.holder is not None:
         return state, []
-    if now - state.startedAt < policy.startupGrace and previous is None and state.issued > 0:
-        # Just restarted: the holder of the persisted epoch may be on its
-        # way back; moving the token now would be a needless failover.
+    everyone = all(sp in state.members for sp in policy.preference)
+    if now - state.startedAt < policy.startupGrace and previous is None and not everyone:
+        # Just started: wait a moment for every SP, so the token goes by
+        # preference rather than to whoever connected first, and the holder
+        # of the persisted epoch can take it back without a move.
         return state, []
     sp = candidate(state, now, policy)
     if sp is None:
@@ -275,6 +294,21 @@ def step(state: ArbiterState, event: Input, policy: Policy) -> tuple[ArbiterStat
         if event.holds is not None:
             state, more = _claim(state, event.sp, event.holds, event.now)
             effects += more
+        elif (
+            event.claim is not None
+            and event.claim == state.issued
+            and state.holder is None
+            and event.sp == state.lastHolder
+            and event.healthy
+        ):
+            # The last holder comes back (after an arbiter restart, or a
+            # lost connection) and no newer epoch exists: hand it the same
+            # epoch again.  Nothing can have acted under a newer one.
+            state = evolve(state, holder=event.sp, acked=False, grantedAt=event.now)
+            effects += [
+                Grant(event.sp, state.issued),
+                Event("grant", {"to": event.sp, "epoch": state.issued, "reason": "last holder is back"}),
+            ]
         elif state.holder == event.sp and state.acked:
             # It acknowledged, yet no longer holds the token (it stepped
             # down on its own, or restarted): the token is vacant.

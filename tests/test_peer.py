@@ -51,6 +51,7 @@ from spmgmt.peer.server import (
     PeerServerFactory,
     peerPortal,
 )
+from spmgmt.sp.role import RoleState
 from spmgmt.sp.agent import SERVICE, NotInServiceMode, RequiresActive, SPAgent, StaleEpoch
 from spmgmt.sp.refusals import problemFor, refusal
 from spmgmt.testing import ArrayHarness
@@ -909,8 +910,7 @@ class PeerClientTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(link.client.lastSummary, link.agent.summary())
         self.assertEqual(link.client.lastSeen, link.keepalive)
-        link.agent.role = "active"
-        link.agent.epoch = 7
+        link.agent.roleState = RoleState(role="active", epoch=7, newest=7)
         link.reactor.advance(link.keepalive)
         pump.flush()
         self.assertEqual((link.client.lastSummary["role"], link.client.lastSummary["epoch"]), ("active", 7))

@@ -104,11 +104,17 @@ class OptionsTests(SynchronousTestCase):
         """Without a sub-command, parsing fails naming the commands."""
         with self.assertRaises(usage.UsageError) as e:
             parse()
-        self.assertEqual(str(e.exception), "name a command: sp")
+        self.assertEqual(str(e.exception), "name a command: sp or proxy")
 
     def test_unknownCommand(self) -> None:
         """An unknown sub-command is refused."""
-        self.assertRaises(usage.UsageError, parse, "proxy", "--config", "x.toml")
+        self.assertRaises(usage.UsageError, parse, "arbiter", "--config", "x.toml")
+
+    def test_proxy(self) -> None:
+        """C{proxy --config X} selects the proxy command; --config is required."""
+        options = parse("proxy", "--config", "etc/x.toml")
+        self.assertEqual((options.subCommand, options.subOptions["config"]), ("proxy", "etc/x.toml"))
+        self.assertRaises(usage.UsageError, parse, "proxy")
 
     def test_unknownOption(self) -> None:
         """An unknown option of C{sp} is refused."""

@@ -38,6 +38,7 @@ PEER = IPv4Address("TCP", "192.0.2.7", 40000)
 SERVICE_ROUTES = [
     "GET /healthz",
     "GET /metrics",
+    "GET /api/v1/array",
     "GET /api/v1/sps/<sp>/status",
     "GET /api/v1/sps/<sp>/health",
     "POST /api/v1/sps/<sp>/commands/<name>",
@@ -274,21 +275,23 @@ class RoutesTests(WebTestCase):
     """The route table and the two apps built from it."""
 
     def test_serviceRoutes(self) -> None:
-        """The service-mode routes are exactly healthz, metrics, status, health and commands."""
+        """The service-mode routes are exactly healthz, metrics, array, status, health and commands."""
         self.assertEqual(
             sorted(r.handler for r in ROUTES if r.service),
-            ["healthz", "metrics", "spCommand", "spHealth", "spStatus"],
+            ["array", "healthz", "metrics", "spCommand", "spHealth", "spStatus"],
         )
         self.assertEqual([f"{r.method} {r.path}" for r in ROUTES if r.service], SERVICE_ROUTES)
 
     def test_roles(self) -> None:
-        """Only healthz is open; commands need the admin role; every other route needs monitor."""
+        """Only healthz is open; commands and switchover need admin; every other route needs monitor."""
         roles = {r.handler: r.role for r in ROUTES}
         self.assertEqual(
             roles,
             {
                 "healthz": None,
                 "metrics": "monitor",
+                "array": "monitor",
+                "switchover": "admin",
                 "sps": "monitor",
                 "spSummary": "monitor",
                 "spStatus": "monitor",

@@ -38,23 +38,36 @@ class EpochStore:
 
         @raise EpochStoreError: the file exists but is unreadable or corrupt.
         """
+        return self.loadState()[0]
+
+    def loadState(self) -> tuple[int, str | None]:
+        """
+        The last stored epoch and the SP it was granted to; C{(0, None)}
+        when there is no file yet.
+
+        @raise EpochStoreError: the file exists but is unreadable or corrupt.
+        """
         try:
             data = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            return 0
-        except OSError as e:
-            raise EpochStoreError(f"cannot read {self.path}: {e.strerror}") from None
+            return 0, None
+        except (OSError, UnicodeDecodeError) as e:
+            raise EpochStoreError(f"cannot read {self.path}: {getattr(e, 'strerror', None) or e}") from None
         try:
-            epoch = json.loads(data)["epoch"]
-        except (ValueError, KeyError, TypeError):
+            record = json.loads(data)
+            epoch = record["epoch"]
+            holder = record.get("holder")
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise EpochStoreError(f"{self.path} is corrupt") from None
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise EpochStoreError(f"{self.path} holds no valid epoch")
-        return epoch
+        if holder is not None and not isinstance(holder, str):
+            raise EpochStoreError(f"{self.path} holds no valid holder")
+        return epoch, holder
 
-    def store(self, epoch: int) -> None:
+    def store(self, epoch: int, holder: str | None = None) -> None:
         """
-        Durably replace the stored epoch with C{epoch}.
+        Durably replace the stored epoch with C{epoch}, granted to C{holder}.
 
         @raise EpochStoreError: it could not be made durable.
         """
@@ -64,7 +77,7 @@ class EpochStore:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                os.write(fd, json.dumps({"epoch": epoch}).encode() + b"\n")
+                os.write(fd, json.dumps({"epoch": epoch, "holder": holder}).encode() + b"\n")
                 os.fsync(fd)
             finally:
                 os.close(fd)

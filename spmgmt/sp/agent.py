@@ -21,7 +21,9 @@ from twisted.logger import Logger
 from spmgmt.commands import CommandResult, UnknownCommand, buildArgv, runCommand, validateParameters
 from spmgmt.config import ArrayConfig, CommandConfig, SPConfig
 from spmgmt.metrics import SPMetrics
+from spmgmt.sp import role
 from spmgmt.sp.facts import hostFacts
+from spmgmt.sp.role import RoleState
 
 FULL = "full"
 SERVICE = "service"
@@ -61,9 +63,12 @@ class SPAgent:
     """
     One SP's state and actions.
 
-    @ivar role: C{"passive"} until a token participant (the failover issue)
-        makes the SP active; no SP is active without an arbiter.
-    @ivar epoch: the epoch of the active token this SP holds, or L{None}.
+    @ivar roleState: this SP's view of the token (L{spmgmt.sp.role}); the
+        participant moves it, the web layer reads it.  No SP is active
+        without an arbiter.
+    @ivar lease: seconds the SP stays active without word from the arbiter.
+    @ivar arrayView: the arbiter's last word on the array (token, state,
+        members), or L{None} before it has spoken.
     """
 
     reactor: Any
@@ -71,9 +76,9 @@ class SPAgent:
     sp: SPConfig
     metrics: SPMetrics = field(factory=SPMetrics)
     monotonic: Callable[[], float] = time.monotonic
-    role: str = "passive"
-    epoch: int | None = None
-    newestEpoch: int = 0
+    roleState: RoleState = field(factory=RoleState)
+    lease: float = 0.3
+    arrayView: dict[str, Any] | None = None
     healthy: bool = True
     healthSnapshot: Callable[[], dict[str, Any]] = lambda: {"healthy": True, "checks": []}
     _modeListeners: list[Callable[[str], None]] = field(factory=list)
@@ -84,6 +89,42 @@ class SPAgent:
         self._startedAt = self.monotonic()
         self.metrics.healthy.set(1)
         self.metrics.serviceMode.set(0)
+
+    @property
+    def role(self) -> str:
+        """C{passive}, C{active} or C{stepping_down}."""
+        return self.roleState.role
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch held as active, or L{None}."""
+        return self.roleState.epoch
+
+    @property
+    def newestEpoch(self) -> int:
+        """The newest epoch this SP has seen."""
+        return self.roleState.newest
+
+    @newestEpoch.setter
+    def newestEpoch(self, epoch: int) -> None:
+        self.roleState = role.seen(self.roleState, epoch)
+
+    def isActive(self) -> bool:
+        """Active now: holding an epoch with a live lease."""
+        epoch = self.roleState.epoch
+        return epoch is not None and role.serves(self.roleState, epoch, self.monotonic(), self.lease)
+
+    def servesEpoch(self, epoch: int) -> bool:
+        """Whether a request stamped with C{epoch} may be served as active."""
+        self.roleState = role.seen(self.roleState, epoch)
+        return role.serves(self.roleState, epoch, self.monotonic(), self.lease)
+
+    def beginActive(self) -> None:
+        """An active-role request starts (a step-down waits for it)."""
+        self.roleState = role.begin(self.roleState)
+
+    def endActive(self) -> None:
+        self.roleState = role.end(self.roleState)
 
     @property
     def webServer(self) -> str:
@@ -178,7 +219,7 @@ class SPAgent:
         if not self.healthy and not command.service:
             raise NotInServiceMode(command.name)
         if command.requires_active and (
-            self.role != "active" or (epoch is not None and epoch != self.epoch)
+            not self.isActive() or (epoch is not None and epoch != self.epoch)
         ):
             raise RequiresActive(command.name)
 

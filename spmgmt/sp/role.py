@@ -26,6 +26,8 @@ class RoleState:
     @ivar newest: the newest epoch this SP has seen.
     @ivar lastHeard: when the arbiter was last heard from (monotonic).
     @ivar inFlight: active-role requests still being answered.
+    @ivar claim: the last epoch granted and not revoked; kept after a
+        step-down on the lease, so the arbiter may hand it back.
     """
 
     role: str = PASSIVE
@@ -33,6 +35,7 @@ class RoleState:
     newest: int = 0
     lastHeard: float | None = None
     inFlight: int = 0
+    claim: int | None = None
 
     @property
     def holds(self) -> int | None:
@@ -50,9 +53,9 @@ def granted(state: RoleState, epoch: int, now: float) -> tuple[RoleState, bool]:
     The arbiter grants C{epoch}; the new state and whether it is accepted
     (a grant older than the newest epoch seen is not).
     """
-    if epoch < state.newest or (epoch == state.newest and state.epoch != epoch and state.newest > 0):
+    if epoch < state.newest or (epoch == state.newest and state.newest > 0 and state.claim != epoch):
         return state, False
-    return RoleState(ACTIVE, epoch, epoch, now, state.inFlight), True
+    return RoleState(ACTIVE, epoch, epoch, now, state.inFlight, claim=epoch), True
 
 
 def _down(state: RoleState) -> RoleState:
@@ -64,6 +67,8 @@ def _down(state: RoleState) -> RoleState:
 def revoked(state: RoleState, epoch: int, now: float) -> RoleState:
     """The arbiter revokes C{epoch} (a revoke of another epoch only teaches one)."""
     state = evolve(state, newest=max(state.newest, epoch), lastHeard=now)
+    if state.claim is not None and epoch >= state.claim:
+        state = evolve(state, claim=None)
     if state.epoch is not None and epoch >= state.epoch and state.role == ACTIVE:
         return _down(state)
     return state

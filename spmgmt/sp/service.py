@@ -22,6 +22,7 @@ from spmgmt.health import HealthMonitor, buildChecks
 from spmgmt.peer.client import PeerClient
 from spmgmt.peer.server import PeerServerFactory, peerPortal
 from spmgmt.sp.agent import SPAgent
+from spmgmt.sp.participant import Participant
 from spmgmt.sp.web import ManagementWeb
 from spmgmt.tls import clientOptions, serverOptions, tlsServerFactory
 
@@ -55,7 +56,7 @@ def makeSPService(reactor: Any, config: ArrayConfig, sp: SPConfig) -> MultiServi
     """
     config.stateDirFor(sp.id).mkdir(parents=True, exist_ok=True)
     top = MultiService()
-    agent = SPAgent(reactor, config, sp, monotonic=time.monotonic)
+    agent = SPAgent(reactor, config, sp, monotonic=time.monotonic, lease=config.token.lease_timeout)
     secret = readPeerSecret(config)
     peers = {
         peer.id: PeerClient(
@@ -75,7 +76,24 @@ def makeSPService(reactor: Any, config: ArrayConfig, sp: SPConfig) -> MultiServi
     }
     for client in peers.values():
         client.setServiceParent(top)
-    web = ManagementWeb(agent, portalFromConfig(reactor, config), FailureLimiter(reactor), peers)
+    participant = None
+    if config.proxy is not None:
+        participant = Participant(
+            reactor,
+            agent,
+            config.proxy.arbiter,
+            config.ca,
+            sp.cert,
+            sp.key,
+            secret,
+            interval=config.token.heartbeat_interval,
+            misses=config.token.heartbeat_misses,
+            monotonic=time.monotonic,
+        )
+        participant.setServiceParent(top)
+    web = ManagementWeb(
+        agent, portalFromConfig(reactor, config), FailureLimiter(reactor), peers, participant
+    )
 
     # One kept-alive connection: no per-probe connection churn in the log.
     pool = HTTPConnectionPool(reactor, persistent=True)

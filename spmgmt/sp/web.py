@@ -37,6 +37,7 @@ from spmgmt.auth import (
 from spmgmt.peer.client import PeerClient, PeerFailed, PeerRefused, PeerUnavailable
 from spmgmt.problem import Problem
 from spmgmt.sp.agent import FULL, SERVICE, SPAgent
+from spmgmt.sp.participant import Participant
 from spmgmt.sp.refusals import problemFor, refusal
 
 _log = Logger()
@@ -63,6 +64,8 @@ class Route:
 ROUTES = (
     Route("/healthz", "GET", "healthz", None, True),
     Route("/metrics", "GET", "metrics", "monitor", True),
+    Route("/api/v1/array", "GET", "array", "monitor", True),
+    Route("/api/v1/array/switchover", "POST", "switchover", "admin", False),
     Route("/api/v1/sps", "GET", "sps", "monitor", False),
     Route("/api/v1/sps/<sp>", "GET", "spSummary", "monitor", False),
     Route("/api/v1/sps/<sp>/status", "GET", "spStatus", "monitor", True),
@@ -106,9 +109,11 @@ class ManagementWeb:
         portal: Portal,
         limiter: FailureLimiter,
         peers: dict[str, PeerClient] | None = None,
+        participant: Participant | None = None,
     ) -> None:
         self._agent = agent
         self._peers = peers or {}
+        self._participant = participant
         self._portal = portal
         self._limiter = limiter
         self.fullApp = self._buildApp(FULL)
@@ -154,7 +159,11 @@ class ManagementWeb:
             principal = None
             if route.role is not None:
                 principal = await self._authenticate(request, route.role)
-            result = await handler(request, principal, **kwargs)
+            stamp = _epochStamp(request)
+            if stamp is None or route.role is None:
+                result = await handler(request, principal, **kwargs)
+            else:
+                result = await self._asActive(request, stamp, handler(request, principal, **kwargs))
             if isinstance(result, bytes):
                 return result
             request.setHeader(b"Content-Type", JSON)
@@ -165,6 +174,32 @@ class ManagementWeb:
             return Deferred.fromCoroutine(serve(request, **kwargs))
 
         return endpoint
+
+    async def _asActive(self, request: Any, epoch: int, work: Awaitable[Any]) -> Any:
+        """
+        Serve a request the proxy stamped with C{epoch} only while this SP
+        holds exactly that epoch as active (fencing); a step-down waits for
+        it to finish.
+        """
+        agent = self._agent
+        if not agent.servesEpoch(epoch):
+            close = getattr(work, "close", None)
+            if close is not None:
+                close()  # never started: no "never awaited" warning
+            raise Problem(
+                421,
+                f"{agent.sp.id} does not hold epoch {epoch} as active.",
+                title="Misdirected Request",
+                sp=agent.sp.id,
+                role=agent.role,
+                epoch=agent.epoch,
+            )
+        agent.beginActive()
+        try:
+            request.setHeader(b"X-SPMgmt-Epoch", str(epoch).encode())
+            return await work
+        finally:
+            agent.endActive()
 
     def _renderError(self, request: Any, failure: Failure) -> bytes | None:
         if failure.check(CancelledError):
@@ -264,6 +299,57 @@ class ManagementWeb:
         request.setHeader(b"Content-Type", contentType)
         return body
 
+    async def _array(self, request: Any, principal: Principal) -> dict[str, Any]:
+        agent = self._agent
+        view = agent.arrayView or {}
+        members = view.get("members", {})
+        arbiterFresh = (
+            agent.roleState.lastHeard is not None
+            and agent.monotonic() - agent.roleState.lastHeard <= max(agent.lease, 1.0)
+        )
+        entries = []
+        for sp in agent.config.sps:
+            if sp.id == agent.sp.id:
+                entry = {**agent.summary(), "reachable": True}
+            elif sp.id in self._peers:
+                entry = self._peerEntry(self._peers[sp.id])
+                if not entry["reachable"]:
+                    entry["role"] = "unknown"
+            else:
+                entry = {"id": sp.id}
+            member = members.get(sp.id)
+            entry["arbiter_connected"] = bool(member and member.get("connected"))
+            entries.append(entry)
+        return {
+            "name": agent.config.name,
+            "state": view.get("state", "unknown") if arbiterFresh else "unknown",
+            "token": view.get("token"),
+            "last_move": view.get("last_move"),
+            "arbiter": {"reachable": arbiterFresh},
+            "sps": entries,
+            "via": agent.sp.id,
+        }
+
+    async def _switchover(self, request: Any, principal: Principal) -> dict[str, Any]:
+        agent = self._agent
+        to = _jsonBody(request).get("to")
+        if to is not None and (not isinstance(to, str) or to not in {s.id for s in agent.config.sps}):
+            raise Problem(422, "to must name an SP of the array.", problems={"to": "unknown SP"})
+        if not agent.isActive():
+            raise Problem(409, f"Switchover is asked of the active SP; {agent.sp.id} is {agent.role}.")
+        if self._participant is None:
+            raise Problem(503, "No arbiter is configured.")
+        try:
+            reply = await _shielded(Deferred.fromCoroutine(self._participant.switchover(to)))
+        except Exception as e:
+            raise Problem(504, f"The arbiter did not answer: {e}") from None
+        if "error" in reply:
+            refused = reply["error"] if isinstance(reply["error"], dict) else {}
+            code = 504 if refused.get("kind") == "switchover_unconfirmed" else 409
+            raise Problem(code, str(refused.get("detail", "refused")), refusal=refused.get("kind"))
+        _log.info("{user} switched the token over: {view}", user=principal.name, view=reply["ok"])
+        return {"via": agent.sp.id, **reply["ok"]}
+
     async def _sps(self, request: Any, principal: Principal) -> dict[str, Any]:
         me = {**self._agent.summary(), "reachable": True, "last_seen_s": 0.0}
         entries = {self._agent.sp.id: me}
@@ -315,6 +401,16 @@ class ManagementWeb:
 
 def _serviceRoutes() -> list[str]:
     return [f"{r.method} {r.path}" for r in ROUTES if r.service]
+
+
+def _epochStamp(request: Any) -> int | None:
+    """The proxy's C{X-SPMgmt-Epoch} stamp, if any; 400 if malformed."""
+    raw = request.getHeader(b"x-spmgmt-epoch")
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise Problem(400, "X-SPMgmt-Epoch must be a non-negative integer.")
+    return int(raw)
 
 
 def _jsonBody(request: Any) -> dict[str, Any]:

@@ -172,12 +172,15 @@ class ArrayHarness:
     reactor: Any
     directory: Path
     spIds: tuple[str, ...] = ("spa", "spb")
+    arbiter: bool = False
     checks: str = DEFAULT_CHECKS
     commands: str = DEFAULT_COMMANDS
     extra: str = ""
     config: ArrayConfig = field(init=False)
     configPath: Path = field(init=False)
     passwords: dict[str, str] = field(init=False, factory=dict)
+    #: Extra environment per process name (e.g. SPMGMT_CRASH_AT for the proxy).
+    environment: dict[str, dict[str, str]] = field(factory=dict)
     _procs: dict[str, _Process] = field(init=False, factory=dict)
     _pool: HTTPConnectionPool = field(init=False)
     _agent: Agent = field(init=False)
@@ -201,8 +204,13 @@ class ArrayHarness:
         self._pool.retryAutomatically = False
         self._agent = Agent(self.reactor, contextFactory=_ByPortPolicy(self.config), pool=self._pool)
 
+    @property
+    def names(self) -> list[str]:
+        """Every process of the array: the proxy (if any) first."""
+        return (["proxy"] if self.arbiter else []) + list(self.spIds)
+
     def _configText(self) -> str:
-        ports = iter(freePorts(2 * len(self.spIds)))
+        ports = iter(freePorts(2 * len(self.spIds) + 2))
         sps = "".join(
             textwrap.dedent(
                 f"""
@@ -239,7 +247,18 @@ class ArrayHarness:
             timeout = 5.0
             """
         )
-        return head + sps + self.checks + self.commands + self.extra
+        proxy = ""
+        if self.arbiter:
+            proxy = textwrap.dedent(
+                f"""
+                [proxy]
+                tls = "127.0.0.1:{next(ports)}"
+                arbiter = "127.0.0.1:{next(ports)}"
+                cert = "var/pki/proxy.pem"
+                key = "var/pki/proxy.key"
+                """
+            )
+        return head + sps + proxy + self.checks + self.commands + self.extra
 
     # -- processes -----------------------------------------------------------
 
@@ -247,23 +266,25 @@ class ArrayHarness:
         """A path inside the array's directory."""
         return self.directory / relative
 
-    def startSP(self, spId: str) -> None:
-        """Start the agent of C{spId} (see L{waitReady})."""
-        sp = self.config.sp(spId)
+    def startProcess(self, name: str) -> None:
+        """Start C{name} (an SP id or C{proxy}); see L{waitReady}."""
         var = self.directory / "var"
-        argv = twistdArgv(sys.executable, self.configPath, sp, var)
+        argv = twistdArgv(sys.executable, self.configPath, name, var)
         wrapped = [sys.executable, "-c", _PDEATHSIG_EXEC, str(os.getpid()), *argv]
-        proto = _Process(var / "log" / f"{spId}.out")
+        proto = _Process(var / "log" / f"{name}.out")
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "HOME", "PYTHONPATH")}
+        env.update(self.environment.get(name, {}))
         self.reactor.spawnProcess(proto, wrapped[0], wrapped, env=env, path=str(self.directory))
-        self._procs[spId] = proto
+        self._procs[name] = proto
+
+    startSP = startProcess
 
     async def start(self, timeout: float = 30.0) -> None:
-        """Start every SP and wait until each answers C{/healthz}."""
-        for spId in self.spIds:
-            self.startSP(spId)
-        for spId in self.spIds:
-            await self.waitReady(spId, timeout)
+        """Start every process and wait until each is ready."""
+        for name in self.names:
+            self.startProcess(name)
+        for name in self.names:
+            await self.waitReady(name, timeout)
 
     def pid(self, spId: str) -> int:
         proto = self._procs[spId]
@@ -284,12 +305,52 @@ class ArrayHarness:
         proto = self._procs.get(spId)
         if proto is not None and not proto.ended.called:
             await self.kill(spId)
-        self.startSP(spId)
+        self.startProcess(spId)
         await self.waitReady(spId, timeout)
 
-    async def waitReady(self, spId: str, timeout: float = 30.0) -> None:
-        """Poll C{/healthz} until it answers 200; fail if the process ends."""
-        await self.waitFor(lambda: self._healthzOK(spId), timeout, f"{spId} to answer /healthz", spId)
+    async def waitReady(self, name: str, timeout: float = 30.0) -> None:
+        """
+        Poll until C{name} is ready (an SP answers C{/healthz}, the proxy
+        accepts connections on its arbiter port); fail if the process ends.
+        """
+        if name == "proxy":
+            from twisted.internet.threads import deferToThread
+
+            from spmgmt.launcher import portOpen
+
+            assert self.config.proxy is not None
+            address = self.config.proxy.arbiter
+
+            async def listening() -> bool:
+                return bool(await deferToThread(portOpen, address.host, address.port))
+
+            await self.waitFor(listening, timeout, "the proxy to listen", name)
+            return
+        await self.waitFor(lambda: self._healthzOK(name), timeout, f"{name} to answer /healthz", name)
+
+    async def array(self, via: str) -> dict[str, Any]:
+        """C{GET /api/v1/array} on C{via}."""
+        return (await self.request(via, "GET", "/api/v1/array")).json()  # type: ignore[no-any-return]
+
+    async def waitHolder(self, via: str, holder: str | None, timeout: float = 15.0) -> dict[str, Any]:
+        """
+        Wait until C{via} reports C{holder} holding the token (L{None}: the
+        array unavailable); the token then.
+        """
+        seen: dict[str, Any] = {}
+
+        async def holds() -> bool:
+            try:
+                view = await self.array(via)
+            except Exception:
+                return False
+            seen.update(view)
+            if holder is None:
+                return view["state"] == "unavailable"
+            return view["state"] == "active" and view["token"]["holder"] == holder
+
+        await self.waitFor(holds, timeout, f"{via} to report holder {holder}", via, interval=0.02)
+        return seen["token"]  # type: ignore[no-any-return]
 
     async def _healthzOK(self, spId: str) -> bool:
         try:
@@ -396,8 +457,8 @@ class ArrayTestMixin:
         # trial sets _passed once the test method itself has succeeded,
         # before cleanups run; absent means it did not.
         if not getattr(self, "_passed", False):
-            for spId in harness.spIds:
-                print(f"\n===== {spId} =====\n{harness.logTail(spId)}")
+            for name in harness.names:
+                print(f"\n===== {name} =====\n{harness.logTail(name)}")
         await harness.stopAll()
 
 

@@ -1,0 +1,313 @@
+# -*- test-case-name: tests.test_arbiter -*-
+"""
+The arbiter's I/O shell around L{spmgmt.token}: a PB server SPs log in to
+(mutual TLS and cred, as on the peer channel), heartbeats in, grants and
+revocations out through each SP's mind, the epoch persisted before any
+grant leaves, and a tick on the heartbeat interval.
+
+Decisions compare a monotonic clock; only the scheduling of the tick uses
+the reactor.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from twisted.application import strports
+from twisted.application.service import MultiService, Service
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.spread import pb
+from zope.interface import implementer
+
+from spmgmt import token
+from spmgmt.arbiter.epochstore import EpochStore, EpochStoreError
+from spmgmt.config import ArrayConfig, ConfigError, readPeerSecret
+from spmgmt.peer._common import error, ok
+from spmgmt.peer.server import PeerSecretChecker, PeerServerFactory, boundName
+from spmgmt.tls import serverOptions, tlsServerFactory
+
+_log = Logger()
+
+
+def policyFor(config: ArrayConfig) -> token.Policy:
+    """The token policy of C{config}."""
+    t = config.token
+    return token.Policy(
+        interval=t.heartbeat_interval,
+        misses=t.heartbeat_misses,
+        preference=t.preference,
+        # Long enough for every SP to reconnect after an arbiter restart.
+        startupGrace=max(1.5, 2 * t.lease_timeout),
+        ackTimeout=max(0.5, t.missWindow),
+        preferred=t.preferred,
+        failbackAfter=t.failback_after,
+    )
+
+
+class Arbiter(Service):
+    """
+    Grants the active token.
+
+    @ivar state: the token machine's state.
+    @ivar history: the events so far, oldest first (bounded).
+    """
+
+    maxHistory = 1000
+
+    def __init__(
+        self,
+        reactor: Any,
+        policy: token.Policy,
+        store: EpochStore,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._reactor = reactor
+        self.policy = policy
+        self._store = store
+        self._monotonic = monotonic
+        self._minds: dict[str, Any] = {}
+        self._tick: Any = None
+        self._ackWaiters: list[tuple[int, Deferred[int]]] = []
+        self.history: list[dict[str, Any]] = []
+        self.lastMove: dict[str, Any] | None = None
+        self._nextEventId = 1
+        epoch, lastHolder = store.loadState()
+        self.state = token.initial(epoch, monotonic(), lastHolder)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self.state = token.initial(self.state.issued, self._monotonic(), self.state.lastHolder)
+        self._scheduleTick()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._tick is not None and self._tick.active():
+            self._tick.cancel()
+        self._tick = None
+
+    def _scheduleTick(self) -> None:
+        self._tick = self._reactor.callLater(self.policy.interval, self._onTick)
+
+    def _onTick(self) -> None:
+        # The tick must survive anything: it is what notices a hung holder.
+        try:
+            self.feed(token.Tick(self._monotonic()))
+        except Exception:
+            _log.failure("arbiter tick failed")
+        if self.running:
+            self._scheduleTick()
+
+    # -- the machine ---------------------------------------------------------------
+
+    def feed(self, event: token.Input) -> None:
+        """Apply C{event} and carry out what the machine decides."""
+        self.state, effects = token.step(self.state, event, self.policy)
+        self._carryOut(effects)
+
+    def _carryOut(self, effects: list[token.Effect]) -> None:
+        unpersisted: set[int] = set()
+        for effect in effects:
+            if isinstance(effect, token.Persist):
+                try:
+                    self._store.store(effect.epoch, effect.holder)
+                except EpochStoreError as e:
+                    _log.error("cannot persist epoch {epoch}: {why}", epoch=effect.epoch, why=str(e))
+                    unpersisted.add(effect.epoch)
+                    self.feed(token.PersistFailed(effect.epoch, str(e), self._monotonic()))
+                else:
+                    self.state = token.persisted(self.state)
+            elif isinstance(effect, token.Grant):
+                if effect.epoch not in unpersisted:
+                    self._sendGrant(effect.sp, effect.epoch)
+            elif isinstance(effect, token.Revoke):
+                self._sendRevoke(effect.sp, effect.epoch)
+            elif isinstance(effect, token.Event):
+                if effect.kind == "grant" and effect.data.get("epoch") in unpersisted:
+                    continue
+                self._record(effect.kind, dict(effect.data))
+
+    def _sendGrant(self, sp: str, epoch: int) -> None:
+        mind = self._minds.get(sp)
+        if mind is None:
+            return
+        d = mind.callRemote("grant", epoch)
+        d.addTimeout(self.policy.ackTimeout, self._reactor)
+
+        def answered(accepted: object) -> None:
+            if accepted is True:
+                self.feed(token.GrantAcked(sp, epoch, self._monotonic()))
+            else:
+                _log.warn("{sp} refused the grant of epoch {epoch}", sp=sp, epoch=epoch)
+
+        def failed(reason: Any) -> None:
+            # The ack timeout in the machine moves on; nothing else to do.
+            _log.warn("grant of {epoch} to {sp} failed: {why}", epoch=epoch, sp=sp, why=reason.getErrorMessage())
+
+        d.addCallbacks(answered, failed)
+
+    def _sendRevoke(self, sp: str, epoch: int) -> None:
+        mind = self._minds.get(sp)
+        if mind is None:
+            return
+        d = mind.callRemote("revoke", epoch)
+        d.addTimeout(self.policy.ackTimeout, self._reactor)
+        d.addErrback(lambda reason: None)  # the SP's lease covers a lost revoke
+
+    def _record(self, kind: str, data: dict[str, Any]) -> None:
+        event = {"id": self._nextEventId, "kind": kind, "time": time.time(), **data}
+        self._nextEventId += 1
+        self.history.append(event)
+        del self.history[: -self.maxHistory]
+        _log.info("token event {event}", event=event)
+        if kind == "grant":
+            self.lastMove = {k: v for k, v in event.items() if k != "kind"}
+        if kind in ("token", "adopt"):
+            waiters, self._ackWaiters = self._ackWaiters, []
+            for epoch, d in waiters:
+                if data.get("epoch") == epoch:
+                    d.callback(epoch)
+                else:
+                    self._ackWaiters.append((epoch, d))
+
+    # -- what SPs see ----------------------------------------------------------------
+
+    def view(self) -> dict[str, Any]:
+        """The array as the arbiter sees it, for heartbeat replies."""
+        now = self._monotonic()
+        state = self.state
+        return {
+            "state": token.arrayState(state),
+            "token": {
+                "epoch": state.issued if state.acked else None,
+                "holder": state.holder if state.acked else None,
+            },
+            "last_move": self.lastMove,
+            "members": {
+                sp: {
+                    "connected": m.connected,
+                    "healthy": m.healthy,
+                    "heard_s": round(now - m.lastHeard, 3),
+                }
+                for sp, m in state.members.items()
+            },
+        }
+
+    def attach(self, sp: str, mind: Any) -> Callable[[], None]:
+        """An SP logged in; the logout callable detaches it."""
+        old = self._minds.get(sp)
+        self._minds[sp] = mind
+        if old is not None and old is not mind:
+            old.broker.transport.abortConnection()
+
+        def detach() -> None:
+            if self._minds.get(sp) is mind:
+                del self._minds[sp]
+                self.feed(token.Disconnected(sp, self._monotonic()))
+
+        return detach
+
+    def heartbeat(
+        self, sp: str, healthy: bool, holds: int | None, claim: int | None, first: bool
+    ) -> dict[str, Any]:
+        kind = token.Joined if first else token.Heartbeat
+        self.feed(kind(sp, healthy, holds, self._monotonic(), claim))
+        return self.view()
+
+    def switchover(self, to: str | None) -> Deferred[int]:
+        """
+        Move the token on purpose; fires with the new epoch once the new
+        holder acknowledged it.
+
+        @raise token.SwitchoverRefused: it cannot happen now.
+        """
+        self.feed(token.Switchover(to, self._monotonic()))
+        epoch = self.state.issued
+        d: Deferred[int] = Deferred()
+        self._ackWaiters.append((epoch, d))
+        return d.addTimeout(self.policy.ackTimeout + self.policy.interval, self._reactor)
+
+
+class ControlAvatar(pb.Avatar):
+    """One SP's control session with the arbiter."""
+
+    def __init__(self, arbiter: Arbiter, sp: str) -> None:
+        self._arbiter = arbiter
+        self.sp = sp
+        self._first = True
+
+    def perspective_heartbeat(self, healthy: object, holds: object, claim: object = None) -> dict[str, Any]:
+        if not isinstance(healthy, bool):
+            return error("bad_request", "healthy must be a boolean")
+        for name, value in (("holds", holds), ("claim", claim)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                return error("bad_request", f"{name} must be an epoch or None")
+        first, self._first = self._first, False
+        return ok(self._arbiter.heartbeat(self.sp, healthy, holds, claim, first))  # type: ignore[arg-type]
+
+    def perspective_switchover(self, to: object) -> Any:
+        if to is not None and not isinstance(to, str):
+            return error("bad_request", "to must be an SP id or None")
+        holder = self._arbiter.state.holder
+        if holder != self.sp:
+            return error("requires_active", f"only the active SP asks for a switchover ({holder} is)")
+        try:
+            d = self._arbiter.switchover(to)
+        except token.SwitchoverRefused as e:
+            return error("switchover_refused", str(e))
+
+        def done(epoch: int) -> dict[str, Any]:
+            return ok(self._arbiter.view())
+
+        def failed(reason: Any) -> dict[str, Any]:
+            return error("switchover_unconfirmed", "the new holder did not acknowledge in time")
+
+        return d.addCallbacks(done, failed)
+
+
+@implementer(IRealm)
+class ArbiterRealm:
+    """SPs, bound to their certificates, get a control avatar."""
+
+    def __init__(self, arbiter: Arbiter) -> None:
+        self._arbiter = arbiter
+
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:
+        if pb.IPerspective not in interfaces:
+            raise NotImplementedError("only PB perspectives")
+        sp = boundName(avatarId, mind)
+        detach = self._arbiter.attach(sp, mind)
+        return pb.IPerspective, ControlAvatar(self._arbiter, sp), detach
+
+
+def makeArbiterService(reactor: Any, config: ArrayConfig) -> MultiService:
+    """
+    The arbiter and its PB listener on C{[proxy] arbiter}: client
+    certificates from the array CA required, TLS 1.3 only.
+    """
+    assert config.proxy is not None
+    top = MultiService()
+    store = EpochStore(config.token.state_file)
+    try:
+        arbiter = Arbiter(reactor, policyFor(config), store)
+    except EpochStoreError as e:
+        raise ConfigError(config.path, "token.state_file", str(e)) from None
+    arbiter.setServiceParent(top)
+    names = {sp.id for sp in config.sps}
+    portal = Portal(ArbiterRealm(arbiter), [PeerSecretChecker(names, readPeerSecret(config))])
+    factory = PeerServerFactory(portal, idleTimeout=max(5.0, 20 * config.token.missWindow), clock=reactor)
+    context = serverOptions(
+        config.proxy.cert, config.proxy.key, config.ca, requireClientCertificate=True, tls13Only=True
+    )
+    address = config.proxy.arbiter
+    strports.service(
+        f"tcp:{address.port}:interface={address.host}",
+        tlsServerFactory(factory, context, reactor),
+        reactor=reactor,
+    ).setServiceParent(top)
+    top.arbiter = arbiter  # type: ignore[attr-defined]
+    return top

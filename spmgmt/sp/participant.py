@@ -1,0 +1,206 @@
+# -*- test-case-name: tests.test_failover -*-
+"""
+The SP's side of the token: a control connection to the arbiter (PB over
+mutual TLS, a fresh login on every connection, reconnect with backoff), a
+heartbeat every interval carrying the SP's health and the epoch it holds,
+and grants and revocations arriving through the mind it passes at login.
+
+The role itself is the pure machine in L{spmgmt.sp.role}; this module only
+feeds it.  The lease is checked on every beat, so an SP that stops hearing
+from the arbiter steps down by itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.cred.credentials import UsernamePassword
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.logger import Logger
+from twisted.spread import pb
+
+from spmgmt.config import Address
+from spmgmt.peer.client import _BrokerFactory
+from spmgmt.sp import role
+from spmgmt.sp.agent import SPAgent
+from spmgmt.tls import clientOptions
+
+_log = Logger()
+
+
+class ControlMind(pb.Referenceable):
+    """What the arbiter calls on this SP: grant and revoke."""
+
+    def __init__(self, participant: "Participant") -> None:
+        self._participant = participant
+
+    def remote_grant(self, epoch: object) -> bool:
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            return False
+        return self._participant.granted(epoch)
+
+    def remote_revoke(self, epoch: object) -> None:
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            self._participant.revoked(epoch)
+
+
+class Participant(Service):
+    """This SP's membership in the token protocol."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        agent: SPAgent,
+        arbiter: Address,
+        ca: Any,
+        cert: Any,
+        key: Any,
+        secret: bytes,
+        interval: float,
+        misses: int,
+        monotonic: Callable[[], float],
+    ) -> None:
+        self._reactor = reactor
+        self._agent = agent
+        self._secret = secret
+        self._interval = interval
+        self._timeout = interval * misses
+        self._monotonic = monotonic
+        self._perspective: Any = None
+        self._beat: Any = None
+        self._inFlight = False
+        endpoint = wrapClientTLS(
+            clientOptions("proxy", ca, cert, key, tls13Only=True),
+            HostnameEndpoint(reactor, arbiter.host.encode(), arbiter.port, timeout=self._timeout + 1),
+            clock=reactor,
+        )
+        self._service = ClientService(
+            endpoint,
+            _BrokerFactory(reactor, self._login, idleTimeout=max(1.0, 2 * self._timeout)),
+            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=0.5, factor=2.0),
+            clock=reactor,
+        )
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._service.startService()
+        self._scheduleBeat()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._beat is not None and self._beat.active():
+            self._beat.cancel()
+        self._beat = None
+        self._perspective = None
+        return self._service.stopService()
+
+    def _login(self, broker: Any) -> None:
+        credentials = UsernamePassword(self._agent.sp.id.encode(), self._secret)
+        d = broker.factory.login(credentials, client=ControlMind(self))
+        d.addTimeout(self._timeout + 1, self._reactor)
+
+        def loggedIn(perspective: Any) -> None:
+            self._perspective = perspective
+            _log.info("connected to the arbiter")
+            self._sendBeat()
+
+            def lost() -> None:
+                if self._perspective is perspective:
+                    self._perspective = None
+                    _log.warn("lost the arbiter connection")
+
+            broker.notifyOnDisconnect(lost)
+
+        def failed(reason: Any) -> None:
+            _log.warn("login to the arbiter failed: {why}", why=reason.getErrorMessage())
+            if broker.transport is not None:
+                broker.transport.abortConnection()
+
+        d.addCallbacks(loggedIn, failed)
+
+    # -- the role ------------------------------------------------------------------
+
+    def granted(self, epoch: int) -> bool:
+        state, accepted = role.granted(self._agent.roleState, epoch, self._monotonic())
+        self._agent.roleState = state
+        _log.info(
+            "{verdict} the active token, epoch {epoch}",
+            verdict="took" if accepted else "refused",
+            epoch=epoch,
+        )
+        return accepted
+
+    def revoked(self, epoch: int) -> None:
+        before = self._agent.role
+        self._agent.roleState = role.revoked(self._agent.roleState, epoch, self._monotonic())
+        if before != self._agent.role:
+            _log.info("epoch {epoch} revoked: now {role}", epoch=epoch, role=self._agent.role)
+
+    # -- heartbeats ----------------------------------------------------------------
+
+    def _scheduleBeat(self) -> None:
+        self._beat = self._reactor.callLater(self._interval, self._onBeat)
+
+    def _onBeat(self) -> None:
+        # Survive anything: this loop is also what enforces the lease.
+        try:
+            self._checkLease()
+            if not self._inFlight:
+                self._sendBeat()
+        except Exception:
+            _log.failure("heartbeat failed")
+        if self.running:
+            self._scheduleBeat()
+
+    def _checkLease(self) -> None:
+        before = self._agent.role
+        self._agent.roleState = role.tick(self._agent.roleState, self._monotonic(), self._agent.lease)
+        if before == role.ACTIVE and self._agent.role != role.ACTIVE:
+            _log.warn("lease expired without word from the arbiter: stepping down")
+
+    def _sendBeat(self) -> None:
+        perspective = self._perspective
+        if perspective is None:
+            return
+        self._inFlight = True
+        state = self._agent.roleState
+        try:
+            d = perspective.callRemote("heartbeat", self._agent.healthy, state.holds, state.claim)
+        except Exception:
+            self._inFlight = False
+            raise
+        d.addTimeout(self._timeout, self._reactor)
+
+        def answered(reply: Any) -> None:
+            if isinstance(reply, dict) and isinstance(reply.get("ok"), dict):
+                self._agent.roleState = role.heard(self._agent.roleState, self._monotonic())
+                self._agent.arrayView = reply["ok"]
+
+        def failed(reason: Any) -> None:
+            _log.debug("heartbeat unanswered: {why}", why=reason.getErrorMessage())
+
+        def done(_: Any) -> None:
+            self._inFlight = False
+
+        d.addCallbacks(answered, failed).addBoth(done)
+
+    async def switchover(self, to: str | None) -> dict[str, Any]:
+        """
+        Ask the arbiter to move the token; its reply (plain data).
+
+        @raise ConnectionError: no control connection.
+        """
+        perspective = self._perspective
+        if perspective is None:
+            raise ConnectionError("no connection to the arbiter")
+        d = perspective.callRemote("switchover", to)
+        d.addTimeout(5.0, self._reactor)
+        reply = await d
+        if not isinstance(reply, dict):
+            raise ConnectionError("the arbiter answered something unexpected")
+        return reply
