@@ -54,11 +54,18 @@ class Address:
 
 @frozen
 class SPConfig:
+    """
+    One SP.  C{arbiter}, when set, is the address this SP dials to reach
+    the arbiter (a different route than C{[proxy] arbiter}, e.g. through a
+    NAT or a test relay); by default it dials C{[proxy] arbiter}.
+    """
+
     id: str
     web: Address
     pb: Address
     cert: Path
     key: Path
+    arbiter: Address | None = None
 
 
 @frozen
@@ -510,6 +517,7 @@ def parseConfig(path: str | Path) -> ArrayConfig:
             pb=parseAddress(table, "pb"),
             cert=_path(table, root, "cert"),
             key=_path(table, root, "key"),
+            arbiter=parseAddress(table, "arbiter", None),
         )
         claim(sp.web, table.key("web"))
         claim(sp.pb, table.key("pb"))

@@ -39,6 +39,8 @@ SERVICE_ROUTES = [
     "GET /healthz",
     "GET /metrics",
     "GET /api/v1/array",
+    "GET /api/v1/events",
+    "GET /api/v1/events/stream",
     "GET /api/v1/sps/<sp>/status",
     "GET /api/v1/sps/<sp>/health",
     "POST /api/v1/sps/<sp>/commands/<name>",
@@ -275,10 +277,10 @@ class RoutesTests(WebTestCase):
     """The route table and the two apps built from it."""
 
     def test_serviceRoutes(self) -> None:
-        """The service-mode routes are exactly healthz, metrics, array, status, health and commands."""
+        """The service-mode routes are healthz, metrics, array, events, status, health and commands."""
         self.assertEqual(
             sorted(r.handler for r in ROUTES if r.service),
-            ["array", "healthz", "metrics", "spCommand", "spHealth", "spStatus"],
+            ["array", "eventStream", "events", "healthz", "metrics", "spCommand", "spHealth", "spStatus"],
         )
         self.assertEqual([f"{r.method} {r.path}" for r in ROUTES if r.service], SERVICE_ROUTES)
 
@@ -292,6 +294,8 @@ class RoutesTests(WebTestCase):
                 "metrics": "monitor",
                 "array": "monitor",
                 "switchover": "admin",
+                "events": "monitor",
+                "eventStream": "monitor",
                 "sps": "monitor",
                 "spSummary": "monitor",
                 "spStatus": "monitor",

@@ -25,6 +25,7 @@ from zope.interface import implementer
 from spmgmt import token
 from spmgmt.arbiter.epochstore import EpochStore, EpochStoreError
 from spmgmt.config import ArrayConfig, ConfigError, readPeerSecret
+from spmgmt.events import EventLog
 from spmgmt.peer._common import error, ok
 from spmgmt.peer.server import PeerSecretChecker, PeerServerFactory, boundName
 from spmgmt.tls import serverOptions, tlsServerFactory
@@ -52,10 +53,8 @@ class Arbiter(Service):
     Grants the active token.
 
     @ivar state: the token machine's state.
-    @ivar history: the events so far, oldest first (bounded).
+    @ivar events: the event history (bounded, persisted beside the epoch).
     """
-
-    maxHistory = 1000
 
     def __init__(
         self,
@@ -71,9 +70,9 @@ class Arbiter(Service):
         self._minds: dict[str, Any] = {}
         self._tick: Any = None
         self._ackWaiters: list[tuple[int, Deferred[int]]] = []
-        self.history: list[dict[str, Any]] = []
+        self.events = EventLog(store.path.parent / "events.jsonl")
+        self.events.listen(self._push)
         self.lastMove: dict[str, Any] | None = None
-        self._nextEventId = 1
         epoch, lastHolder = store.loadState()
         self.state = token.initial(epoch, monotonic(), lastHolder)
 
@@ -159,13 +158,13 @@ class Arbiter(Service):
         d.addErrback(lambda reason: None)  # the SP's lease covers a lost revoke
 
     def _record(self, kind: str, data: dict[str, Any]) -> None:
-        event = {"id": self._nextEventId, "kind": kind, "time": time.time(), **data}
-        self._nextEventId += 1
-        self.history.append(event)
-        del self.history[: -self.maxHistory]
-        _log.info("token event {event}", event=event)
+        event = self.events.record(kind, data)
+        _log.info("event {event}", event=event)
         if kind == "grant":
             self.lastMove = {k: v for k, v in event.items() if k != "kind"}
+        elif kind in ("token", "adopt") and self.lastMove is not None:
+            if self.lastMove.get("epoch") == data.get("epoch"):
+                self.lastMove["acked_at"] = event["time"]
         if kind in ("token", "adopt"):
             waiters, self._ackWaiters = self._ackWaiters, []
             for epoch, d in waiters:
@@ -173,6 +172,17 @@ class Arbiter(Service):
                     d.callback(epoch)
                 else:
                     self._ackWaiters.append((epoch, d))
+
+    def _push(self, event: dict[str, Any]) -> None:
+        """Send a new event to every connected SP (each keeps a copy)."""
+        for mind in list(self._minds.values()):
+            d = mind.callRemote("event", event)
+            d.addTimeout(self.policy.ackTimeout, self._reactor)
+            d.addErrback(lambda reason: None)  # it catches up by id on reconnect
+
+    def report(self, sp: str, kind: str, data: dict[str, Any]) -> None:
+        """An SP reports something for the history (a command run)."""
+        self._record(kind, {**data, "sp": sp})
 
     # -- what SPs see ----------------------------------------------------------------
 
@@ -248,6 +258,18 @@ class ControlAvatar(pb.Avatar):
                 return error("bad_request", f"{name} must be an epoch or None")
         first, self._first = self._first, False
         return ok(self._arbiter.heartbeat(self.sp, healthy, holds, claim, first))  # type: ignore[arg-type]
+
+    def perspective_events(self, since: object) -> dict[str, Any]:
+        if not isinstance(since, int) or isinstance(since, bool):
+            return error("bad_request", "since must be an event id")
+        return ok(self._arbiter.events.since(since, limit=1000))
+
+    def perspective_report(self, kind: object, data: object) -> dict[str, Any]:
+        if kind != "command" or not isinstance(data, dict):
+            return error("bad_request", "only command runs are reported")
+        allowed = ("command", "rc", "timed_out", "duration_s", "user", "via")
+        self._arbiter.report(self.sp, "command", {k: data[k] for k in allowed if k in data})
+        return ok(None)
 
     def perspective_switchover(self, to: object) -> Any:
         if to is not None and not isinstance(to, str):

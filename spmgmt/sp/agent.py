@@ -20,6 +20,7 @@ from twisted.logger import Logger
 
 from spmgmt.commands import CommandResult, UnknownCommand, buildArgv, runCommand, validateParameters
 from spmgmt.config import ArrayConfig, CommandConfig, SPConfig
+from spmgmt.events import EventBuffer
 from spmgmt.metrics import SPMetrics
 from spmgmt.sp import role
 from spmgmt.sp.facts import hostFacts
@@ -79,6 +80,8 @@ class SPAgent:
     roleState: RoleState = field(factory=RoleState)
     lease: float = 0.3
     arrayView: dict[str, Any] | None = None
+    events: EventBuffer = field(factory=EventBuffer)
+    reporter: Callable[[str, dict[str, Any]], None] | None = None
     healthy: bool = True
     healthSnapshot: Callable[[], dict[str, Any]] = lambda: {"healthy": True, "checks": []}
     _modeListeners: list[Callable[[str], None]] = field(factory=list)
@@ -240,6 +243,16 @@ class SPAgent:
         outcome = "timeout" if result.timed_out else ("ok" if result.rc == 0 else "failed")
         self.metrics.commandRuns.labels(command.name, outcome).inc()
         self.metrics.commandSeconds.labels(command.name).observe(result.duration_s)
+        if self.reporter is not None and command is not self.config.status:
+            self.reporter(
+                "command",
+                {
+                    "command": command.name,
+                    "rc": result.rc,
+                    "timed_out": result.timed_out,
+                    "duration_s": round(result.duration_s, 3),
+                },
+            )
         self._log.info(
             "command {command} on {sp}: rc={rc} timed_out={timedOut} in {duration:.3f}s",
             command=command.name,

@@ -46,6 +46,10 @@ class ControlMind(pb.Referenceable):
         if isinstance(epoch, int) and not isinstance(epoch, bool):
             self._participant.revoked(epoch)
 
+    def remote_event(self, event: object) -> None:
+        if isinstance(event, dict):
+            self._participant.eventArrived(event)
+
 
 class Participant(Service):
     """This SP's membership in the token protocol."""
@@ -72,11 +76,13 @@ class Participant(Service):
         self._perspective: Any = None
         self._beat: Any = None
         self._inFlight = False
+        self._pending: list[dict[str, Any]] | None = None
         endpoint = wrapClientTLS(
             clientOptions("proxy", ca, cert, key, tls13Only=True),
             HostnameEndpoint(reactor, arbiter.host.encode(), arbiter.port, timeout=self._timeout + 1),
             clock=reactor,
         )
+        agent.reporter = self.report
         self._service = ClientService(
             endpoint,
             _BrokerFactory(reactor, self._login, idleTimeout=max(1.0, 2 * self._timeout)),
@@ -108,6 +114,7 @@ class Participant(Service):
             self._perspective = perspective
             _log.info("connected to the arbiter")
             self._sendBeat()
+            self._catchUp(perspective)
 
             def lost() -> None:
                 if self._perspective is perspective:
@@ -122,6 +129,45 @@ class Participant(Service):
                 broker.transport.abortConnection()
 
         d.addCallbacks(loggedIn, failed)
+
+    # -- events -------------------------------------------------------------------
+
+    def eventArrived(self, event: dict[str, Any]) -> None:
+        if self._pending is not None:
+            self._pending.append(event)  # after the catch-up, in id order
+        else:
+            self._agent.events.add(event)
+
+    def _catchUp(self, perspective: Any) -> None:
+        """
+        Fetch the events missed while disconnected.  Events pushed
+        meanwhile wait, so the copy (and every stream fed from it) stays in
+        id order with no gap.
+        """
+        self._pending = []
+        d = perspective.callRemote("events", self._agent.events.lastId)
+        d.addTimeout(5.0, self._reactor)
+
+        def arrived(reply: Any) -> list[dict[str, Any]]:
+            if isinstance(reply, dict) and isinstance(reply.get("ok"), list):
+                return [e for e in reply["ok"] if isinstance(e, dict)]
+            return []
+
+        def apply(missed: list[dict[str, Any]]) -> None:
+            pending, self._pending = self._pending or [], None
+            for event in sorted(missed + pending, key=lambda e: e.get("id", 0)):
+                self._agent.events.add(event)
+
+        d.addCallbacks(arrived, lambda reason: []).addCallback(apply)
+
+    def report(self, kind: str, data: dict[str, Any]) -> None:
+        """Tell the arbiter something for the history; lost if not connected."""
+        perspective = self._perspective
+        if perspective is None:
+            return
+        d = perspective.callRemote("report", kind, data)
+        d.addTimeout(5.0, self._reactor)
+        d.addErrback(lambda reason: None)
 
     # -- the role ------------------------------------------------------------------
 

@@ -81,7 +81,7 @@ def makeSPService(reactor: Any, config: ArrayConfig, sp: SPConfig) -> MultiServi
         participant = Participant(
             reactor,
             agent,
-            config.proxy.arbiter,
+            sp.arbiter or config.proxy.arbiter,
             config.ca,
             sp.cert,
             sp.key,

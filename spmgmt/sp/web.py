@@ -24,7 +24,9 @@ from twisted.cred.portal import Portal
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.internet.interfaces import IPushProducer
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from spmgmt.auth import (
@@ -35,6 +37,7 @@ from spmgmt.auth import (
     credentialsFromHeader,
 )
 from spmgmt.peer.client import PeerClient, PeerFailed, PeerRefused, PeerUnavailable
+from spmgmt.events import EventBuffer
 from spmgmt.problem import Problem
 from spmgmt.sp.agent import FULL, SERVICE, SPAgent
 from spmgmt.sp.participant import Participant
@@ -59,6 +62,9 @@ class Route:
     handler: str
     role: str | None
     service: bool
+    #: Long-lived (a stream): fenced when stamped, but a step-down does not
+    #: wait for it to end.
+    stream: bool = False
 
 
 ROUTES = (
@@ -66,6 +72,8 @@ ROUTES = (
     Route("/metrics", "GET", "metrics", "monitor", True),
     Route("/api/v1/array", "GET", "array", "monitor", True),
     Route("/api/v1/array/switchover", "POST", "switchover", "admin", False),
+    Route("/api/v1/events", "GET", "events", "monitor", True),
+    Route("/api/v1/events/stream", "GET", "eventStream", "monitor", True, stream=True),
     Route("/api/v1/sps", "GET", "sps", "monitor", False),
     Route("/api/v1/sps/<sp>", "GET", "spSummary", "monitor", False),
     Route("/api/v1/sps/<sp>/status", "GET", "spStatus", "monitor", True),
@@ -162,6 +170,9 @@ class ManagementWeb:
             stamp = _epochStamp(request)
             if stamp is None or route.role is None:
                 result = await handler(request, principal, **kwargs)
+            elif route.stream:
+                self._fence(stamp)
+                result = await handler(request, principal, **kwargs)
             else:
                 result = await self._asActive(request, stamp, handler(request, principal, **kwargs))
             if isinstance(result, bytes):
@@ -175,17 +186,10 @@ class ManagementWeb:
 
         return endpoint
 
-    async def _asActive(self, request: Any, epoch: int, work: Awaitable[Any]) -> Any:
-        """
-        Serve a request the proxy stamped with C{epoch} only while this SP
-        holds exactly that epoch as active (fencing); a step-down waits for
-        it to finish.
-        """
+    def _fence(self, epoch: int) -> None:
+        """421 unless this SP holds exactly C{epoch} as active."""
         agent = self._agent
         if not agent.servesEpoch(epoch):
-            close = getattr(work, "close", None)
-            if close is not None:
-                close()  # never started: no "never awaited" warning
             raise Problem(
                 421,
                 f"{agent.sp.id} does not hold epoch {epoch} as active.",
@@ -194,6 +198,21 @@ class ManagementWeb:
                 role=agent.role,
                 epoch=agent.epoch,
             )
+
+    async def _asActive(self, request: Any, epoch: int, work: Awaitable[Any]) -> Any:
+        """
+        Serve a request the proxy stamped with C{epoch} only while this SP
+        holds exactly that epoch as active (fencing); a step-down waits for
+        it to finish.
+        """
+        try:
+            self._fence(epoch)
+        except Problem:
+            close = getattr(work, "close", None)
+            if close is not None:
+                close()  # never started: no "never awaited" warning
+            raise
+        agent = self._agent
         agent.beginActive()
         try:
             request.setHeader(b"X-SPMgmt-Epoch", str(epoch).encode())
@@ -350,6 +369,19 @@ class ManagementWeb:
         _log.info("{user} switched the token over: {view}", user=principal.name, view=reply["ok"])
         return {"via": agent.sp.id, **reply["ok"]}
 
+    async def _events(self, request: Any, principal: Principal) -> dict[str, Any]:
+        since = _intArg(request, b"since", 0)
+        limit = min(_intArg(request, b"limit", 1000), 1000)
+        events = self._agent.events.since(since, limit=limit)
+        return {"events": events, "last_id": self._agent.events.lastId, "via": self._agent.sp.id}
+
+    async def _eventStream(self, request: Any, principal: Principal) -> bytes:
+        raw = request.getHeader(b"last-event-id")
+        since = int(raw) if raw is not None and raw.isdigit() and len(raw) < 19 else _intArg(request, b"since", 0)
+        stream = EventStream(request, self._agent.events, since, self._agent.reactor)
+        await stream.done
+        return b""
+
     async def _sps(self, request: Any, principal: Principal) -> dict[str, Any]:
         me = {**self._agent.summary(), "reachable": True, "last_seen_s": 0.0}
         entries = {self._agent.sp.id: me}
@@ -401,6 +433,91 @@ class ManagementWeb:
 
 def _serviceRoutes() -> list[str]:
     return [f"{r.method} {r.path}" for r in ROUTES if r.service]
+
+
+def _intArg(request: Any, name: bytes, default: int) -> int:
+    """A non-negative integer query argument; 400 if malformed."""
+    values = request.args.get(name)
+    if not values:
+        return default
+    raw = values[0]
+    if not raw.isdigit() or len(raw) > 18:
+        raise Problem(400, f"{name.decode()} must be a non-negative integer.")
+    return int(raw)
+
+
+@implementer(IPushProducer)
+class EventStream:
+    """
+    One client's C{text/event-stream}: the backlog after C{since}, then each
+    new event, with a comment every 15 s so idle proxies keep it open.
+
+    Flow control: the request's transport pauses this producer when the
+    client reads slowly; events then wait in a queue, and a client that
+    falls C{maxQueued} events behind is dropped rather than buffered for.
+    """
+
+    keepalive = 15.0
+    maxQueued = 1000
+
+    def __init__(self, request: Any, events: EventBuffer, since: int, clock: Any) -> None:
+        self._request = request
+        self._clock = clock
+        self._paused = False
+        self._queue: list[dict[str, Any]] = []
+        self.done: Deferred[None] = Deferred(lambda d: self._close())
+        request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        request.registerProducer(self, True)
+        request.write(b": spmgmt event stream\n\n")
+        self._unlisten = events.listen(self._arrived)
+        for event in events.since(since):
+            self._send(event)
+        self._ping = clock.callLater(self.keepalive, self._keepalive)
+        request.notifyFinish().addBoth(lambda _: self._close())
+
+    def _arrived(self, event: dict[str, Any]) -> None:
+        if self._paused:
+            self._queue.append(event)
+            if len(self._queue) > self.maxQueued:
+                _log.warn("dropping a slow event-stream client")
+                self._request.channel.transport.abortConnection()
+            return
+        self._send(event)
+
+    def _send(self, event: dict[str, Any]) -> None:
+        kind = str(event.get("kind", "event")).replace("\n", " ")
+        self._request.write(
+            f"id: {event['id']}\nevent: {kind}\ndata: {json.dumps(event, default=str)}\n\n".encode()
+        )
+
+    def _keepalive(self) -> None:
+        if not self._paused:
+            self._request.write(b": keepalive\n\n")
+        self._ping = self._clock.callLater(self.keepalive, self._keepalive)
+
+    def _close(self) -> None:
+        self._unlisten()
+        if self._request.producer is self:
+            self._request.unregisterProducer()
+        if self._ping is not None and self._ping.active():
+            self._ping.cancel()
+        self._ping = None
+        if not self.done.called:
+            self.done.callback(None)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        queued, self._queue = self._queue, []
+        for event in queued:
+            self._send(event)
+
+    def stopProducing(self) -> None:
+        self._close()
 
 
 def _epochStamp(request: Any) -> int | None:
