@@ -76,7 +76,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor as globalReactor
 
+        from spmgmt.clock import useMonotonicTime
+
         reactor = globalReactor
+        # Decisions and timers must not follow wall-clock steps.
+        useMonotonicTime(reactor)
     sub = options.subOptions
     try:
         if options.subCommand == "sp":

@@ -25,6 +25,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.internet.interfaces import IPushProducer
+from twisted.web.http import datetimeToLogString
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
@@ -651,3 +652,9 @@ class SPSite(Site):
         kwargs.setdefault("reactor", agent.reactor)
         super().__init__(resource, **kwargs)
         self.agent = agent
+
+    def _updateLogDateTime(self) -> None:
+        # The reactor may run on a monotonic clock (spmgmt.clock): the
+        # access log's date must still be the wall-clock date.
+        self._logDateTime = datetimeToLogString(time.time())
+        self._logDateTimeCall = self.reactor.callLater(1, self._updateLogDateTime)

@@ -32,6 +32,7 @@ from zope.interface import implementer
 from spmgmt.config import ArrayConfig, parseConfig
 from spmgmt.launcher import ensureSecrets, twistdArgv
 from spmgmt.pki import ensurePKI
+from spmgmt.testing.relay import Relay
 from spmgmt.tls import clientOptions
 
 # Exec the real program with PR_SET_PDEATHSIG (1) = SIGKILL.
@@ -167,6 +168,12 @@ class ArrayHarness:
     A real array of SP processes under one temporary directory.
 
     @ivar directory: holds etc/spmgmt.toml, var/pki, var/secrets, var/log.
+    @ivar controlRelay: SP ids whose control link to the arbiter goes
+        through a fault-injecting L{Relay} (needs C{arbiter=True}): their
+        C{[[sp]] arbiter} is the relay's port, the relay dials
+        C{[proxy] arbiter}.  L{start} starts the relays before any process
+        and L{stopAll} stops them.
+    @ivar relays: those relays, by SP id.
     """
 
     reactor: Any
@@ -181,11 +188,16 @@ class ArrayHarness:
     passwords: dict[str, str] = field(init=False, factory=dict)
     #: Extra environment per process name (e.g. SPMGMT_CRASH_AT for the proxy).
     environment: dict[str, dict[str, str]] = field(factory=dict)
+    controlRelay: tuple[str, ...] = ()
+    relays: dict[str, Relay] = field(init=False, factory=dict)
     _procs: dict[str, _Process] = field(init=False, factory=dict)
     _pool: HTTPConnectionPool = field(init=False)
     _agent: Agent = field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        unknown = set(self.controlRelay) - set(self.spIds)
+        if unknown or (self.controlRelay and not self.arbiter):
+            raise ValueError(f"controlRelay needs arbiter=True and SPs of this array (not {sorted(unknown)})")
         self.directory = Path(self.directory).resolve()
         var = self.directory / "var"
         (self.directory / "etc").mkdir(parents=True, exist_ok=True)
@@ -200,6 +212,10 @@ class ArrayHarness:
         self.configPath = self.directory / "etc" / "spmgmt.toml"
         self.configPath.write_text(self._configText())
         self.config = parseConfig(self.configPath)
+        if self.config.proxy is not None:
+            target = (self.config.proxy.arbiter.host, self.config.proxy.arbiter.port)
+            for spId in self.controlRelay:
+                self.relays[spId] = Relay(self.reactor, target, name=f"{spId} control link")
         self._pool = HTTPConnectionPool(self.reactor, persistent=True)
         self._pool.retryAutomatically = False
         self._agent = Agent(self.reactor, contextFactory=_ByPortPolicy(self.config), pool=self._pool)
@@ -210,7 +226,8 @@ class ArrayHarness:
         return (["proxy"] if self.arbiter else []) + list(self.spIds)
 
     def _configText(self) -> str:
-        ports = iter(freePorts(2 * len(self.spIds) + 2))
+        ports = iter(freePorts(2 * len(self.spIds) + 2 + len(self.controlRelay)))
+        relayed = {spId: f'arbiter = "127.0.0.1:{next(ports)}"' for spId in self.controlRelay}
         sps = "".join(
             textwrap.dedent(
                 f"""
@@ -222,6 +239,8 @@ class ArrayHarness:
                 key = "var/pki/{spId}.key"
                 """
             )
+            + relayed.get(spId, "")
+            + "\n"
             for spId in self.spIds
         )
         head = textwrap.dedent(
@@ -280,7 +299,11 @@ class ArrayHarness:
     startSP = startProcess
 
     async def start(self, timeout: float = 30.0) -> None:
-        """Start every process and wait until each is ready."""
+        """Start the relays, then every process, and wait until each is ready."""
+        for spId, relay in self.relays.items():
+            address = self.config.sp(spId).arbiter
+            assert address is not None
+            await relay.listen(address.port)
         for name in self.names:
             self.startProcess(name)
         for name in self.names:
@@ -387,7 +410,7 @@ class ArrayHarness:
         return "\n".join(out)
 
     async def stopAll(self) -> None:
-        """End every process (SIGCONT first, for stopped ones) and the pool."""
+        """End every process (SIGCONT first, for stopped ones), the relays and the pool."""
         waiting = []
         for spId, proto in self._procs.items():
             if proto.ended.called:
@@ -399,6 +422,7 @@ class ArrayHarness:
                     pass
             waiting.append(proto.ended)
         await DeferredList(waiting)
+        await DeferredList([relay.stop() for relay in self.relays.values()])
         await self._pool.closeCachedConnections()
 
     # -- HTTP ------------------------------------------------------------------
