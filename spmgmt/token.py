@@ -81,6 +81,7 @@ class ArbiterState:
     vacantSince: float | None = None
     members: Mapping[str, Member] = field(factory=dict)
     alarmed: bool = False
+    revokedEpoch: int = 0
 
 
 def initial(persistedEpoch: int, now: float, lastHolder: str | None = None) -> ArbiterState:
@@ -241,6 +242,7 @@ def _vacate(
     effects: list[Effect] = []
     if revoke:
         effects.append(Revoke(state.holder, state.issued))
+        state = evolve(state, revokedEpoch=state.issued)
     effects.append(Event("revoke", {"from": state.holder, "epoch": state.issued, "reason": reason}))
     vacantSince = now if state.acked else state.vacantSince
     return evolve(state, holder=None, acked=False, vacantSince=vacantSince), effects
@@ -256,7 +258,7 @@ def _fill(state: ArbiterState, now: float, policy: Policy, reason: str, previous
         # preference rather than to whoever connected first, and the holder
         # of the persisted epoch can take it back without a move.
         return state, []
-    sp = candidate(state, now, policy)
+    sp = candidate(state, now, policy, exclude=previous) or candidate(state, now, policy)
     if sp is None:
         return state, []
     return _grant(state, sp, now, reason)
@@ -300,6 +302,7 @@ def step(state: ArbiterState, event: Input, policy: Policy) -> tuple[ArbiterStat
             and state.holder is None
             and event.sp == state.lastHolder
             and event.healthy
+            and event.claim != state.revokedEpoch
         ):
             # The last holder comes back (after an arbiter restart, or a
             # lost connection) and no newer epoch exists: hand it the same
@@ -378,7 +381,7 @@ def _claim(state: ArbiterState, sp: str, holds: int, now: float) -> tuple[Arbite
     the holder of its persisted epoch; anyone else claiming is stale and is
     told so.
     """
-    if holds == state.issued and state.holder in (None, sp):
+    if holds == state.issued and state.holder in (None, sp) and holds != state.revokedEpoch:
         if state.holder is None:
             gap = None if state.vacantSince is None else max(0.0, now - state.vacantSince)
             state = evolve(state, holder=sp, acked=True, vacantSince=None)
@@ -386,7 +389,8 @@ def _claim(state: ArbiterState, sp: str, holds: int, now: float) -> tuple[Arbite
         return state, []
     if holds > state.issued:
         # Only possible if the persisted epoch was lost: never go back.
-        return evolve(state, issued=holds, holder=sp, acked=True, vacantSince=None), [
+        return evolve(state, issued=holds, holder=sp, acked=True, vacantSince=None, lastHolder=sp), [
+            Persist(holds, sp),
             Event("adopt", {"holder": sp, "epoch": holds, "gap_s": None, "note": "epoch ahead of storage"})
         ]
     if state.holder == sp and holds == state.issued:

@@ -8,6 +8,7 @@ torn file.  An epoch that cannot be stored is not granted.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -71,13 +72,18 @@ class EpochStore:
 
         @raise EpochStoreError: it could not be made durable.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         _crashPoint("grant.before_persist")
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                os.write(fd, json.dumps({"epoch": epoch, "holder": holder}).encode() + b"\n")
+                data = json.dumps({"epoch": epoch, "holder": holder}).encode() + b"\n"
+                while data:
+                    written = os.write(fd, data)
+                    if written <= 0:
+                        raise OSError(errno.EIO, "short write")
+                    data = data[written:]
                 os.fsync(fd)
             finally:
                 os.close(fd)

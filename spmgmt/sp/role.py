@@ -75,8 +75,18 @@ def revoked(state: RoleState, epoch: int, now: float) -> RoleState:
 
 
 def seen(state: RoleState, epoch: int) -> RoleState:
-    """An epoch was seen on some message: remember the newest."""
-    return evolve(state, newest=max(state.newest, epoch)) if epoch > state.newest else state
+    """
+    An epoch was seen on some message: remember the newest.  An active SP
+    that sees a newer epoch than its own is stale and steps down.
+    """
+    if epoch <= state.newest:
+        return state
+    state = evolve(state, newest=epoch)
+    if state.claim is not None and epoch > state.claim:
+        state = evolve(state, claim=None)
+    if state.role == ACTIVE and state.epoch is not None and epoch > state.epoch:
+        return _down(state)
+    return state
 
 
 def tick(state: RoleState, now: float, lease: float) -> RoleState:
