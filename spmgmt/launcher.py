@@ -112,8 +112,11 @@ def healthzOK(host: str, port: int, serverName: str, ca: Path, timeout: float = 
 
 
 def _names(config: ArrayConfig) -> list[str]:
-    """Every process of the array: the proxy (if configured) first."""
-    return (["proxy"] if config.proxy is not None else []) + [sp.id for sp in config.sps]
+    """
+    Every process of the array, the proxy (if configured) last: the SPs are
+    up when its arbiter starts, so the token goes by preference.
+    """
+    return [sp.id for sp in config.sps] + (["proxy"] if config.proxy is not None else [])
 
 
 def _ready(config: ArrayConfig, name: str) -> bool:

@@ -83,6 +83,8 @@ class Participant(Service):
             clock=reactor,
         )
         agent.reporter = self.report
+        # A health change is news for the arbiter now, not at the next beat.
+        agent.onModeChange(lambda kind: self._inFlight or self._sendBeat())
         self._service = ClientService(
             endpoint,
             _BrokerFactory(reactor, self._login, idleTimeout=max(1.0, 2 * self._timeout)),

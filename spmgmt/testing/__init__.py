@@ -222,8 +222,12 @@ class ArrayHarness:
 
     @property
     def names(self) -> list[str]:
-        """Every process of the array: the proxy (if any) first."""
-        return (["proxy"] if self.arbiter else []) + list(self.spIds)
+        """
+        Every process of the array, the proxy (if any) last: SPs that are
+        already up all join within the arbiter's startup grace, so the
+        token goes by preference even on a loaded machine.
+        """
+        return list(self.spIds) + (["proxy"] if self.arbiter else [])
 
     def _configText(self) -> str:
         ports = iter(freePorts(2 * len(self.spIds) + 2 + len(self.controlRelay)))
