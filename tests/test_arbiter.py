@@ -1,0 +1,107 @@
+"""
+Tests for the arbiter's I/O shell (L{spmgmt.arbiter.service.Arbiter}) on a
+Clock with recording minds: what leaves the arbiter, and when.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from spmgmt import token
+from spmgmt.arbiter.epochstore import EpochStore, EpochStoreError
+from spmgmt.arbiter.service import Arbiter
+
+
+class RecordingMind:
+    """A mind that records calls and acknowledges grants."""
+
+    def __init__(self, calls: list[tuple[str, str, Any]], name: str, ack: bool = True) -> None:
+        self._calls = calls
+        self._name = name
+        self._ack = ack
+
+    def callRemote(self, method: str, *args: Any) -> Deferred[Any]:
+        self._calls.append((self._name, method, args[0] if args else None))
+        if method == "grant":
+            return succeed(self._ack)
+        return succeed(None)
+
+
+class BrokenStore(EpochStore):
+    """An epoch store whose writes fail (a full disk)."""
+
+    def store(self, epoch: int, holder: str | None = None) -> None:
+        raise EpochStoreError(f"cannot store epoch {epoch}: No space left on device")
+
+
+class ArbiterShellTests(SynchronousTestCase):
+    """The shell persists before granting and never grants what it could not persist."""
+
+    def setUp(self) -> None:
+        self.directory = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        self.clock = Clock()
+        self.now = [100.0]
+        self.calls: list[tuple[str, str, Any]] = []
+        self.policy = token.Policy(preference=("spa", "spb"), startupGrace=0.0)
+
+    def arbiter(self, store: EpochStore) -> Arbiter:
+        arbiter = Arbiter(self.clock, self.policy, store, monotonic=lambda: self.now[0])
+        arbiter.startService()
+        self.addCleanup(arbiter.stopService)
+        for sp in ("spa", "spb"):
+            arbiter.attach(sp, RecordingMind(self.calls, sp))
+        return arbiter
+
+    def test_grantAfterPersist(self) -> None:
+        """The first grant is stored (with its holder) before it is sent, then acknowledged."""
+        store = EpochStore(self.directory / "epoch.json")
+        arbiter = self.arbiter(store)
+        arbiter.heartbeat("spa", True, None, None, first=True)
+        arbiter.heartbeat("spb", True, None, None, first=True)
+        self.assertEqual(store.loadState(), (1, "spa"))
+        self.assertIn(("spa", "grant", 1), self.calls)
+        self.assertEqual(token.arrayState(arbiter.state), "active")
+        kinds = [e["kind"] for e in arbiter.events.since(0)]
+        self.assertIn("token", kinds)
+
+    def test_noGrantWithoutPersist(self) -> None:
+        """
+        When the epoch cannot be stored, no grant leaves, the array stays
+        unavailable, one alarm is recorded, and no epoch is used up.
+        """
+        arbiter = self.arbiter(BrokenStore(self.directory / "epoch.json"))
+        arbiter.heartbeat("spa", True, None, None, first=True)
+        arbiter.heartbeat("spb", True, None, None, first=True)
+        for _ in range(5):
+            self.now[0] += 0.1
+            self.clock.advance(0.1)
+            arbiter.heartbeat("spa", True, None, None, first=False)
+        self.assertEqual([c for c in self.calls if c[1] == "grant"], [])
+        self.assertEqual(token.arrayState(arbiter.state), "unavailable")
+        self.assertEqual(arbiter.state.issued, 0)
+        alarms = [e for e in arbiter.events.since(0) if e["kind"] == "alarm"]
+        self.assertEqual(len(alarms), 1)
+        self.assertIn("No space left", alarms[0]["why"])
+        self.assertNotIn("grant", [e["kind"] for e in arbiter.events.since(0)])
+
+    def test_tickSurvivesErrors(self) -> None:
+        """A failing step inside the tick is logged and the tick goes on."""
+        arbiter = self.arbiter(EpochStore(self.directory / "epoch.json"))
+        original = arbiter.feed
+
+        def explode(event: Any) -> None:
+            raise RuntimeError("boom")
+
+        arbiter.feed = explode  # type: ignore[method-assign]
+        self.clock.advance(self.policy.interval)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        arbiter.feed = original  # type: ignore[method-assign]
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
