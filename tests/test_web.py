@@ -878,3 +878,26 @@ class ProblemTests(SynchronousTestCase):
         request = FakeRequest(None)
         request.path = None
         self.assertNotIn("instance", json.loads(Problem(500, "Oops.").render(request)))
+
+
+class EpochStampTests(SynchronousTestCase):
+    """A request's epoch stamp is checked, never learnt from."""
+
+    def test_stampTeachesNothing(self) -> None:
+        """
+        A stamp with a huge epoch answers no, leaves the newest epoch as it
+        was, and a later grant from the arbiter is still accepted (a client
+        cannot make every grant refused).
+        """
+        from spmgmt.sp import role
+
+        config = arrayConfig()
+        agent = SPAgent(MemoryReactorClock(), config, config.sp("spa"), monotonic=lambda: 10.0, lease=1.0)
+        agent.roleState, accepted = role.granted(agent.roleState, 3, 10.0)
+        self.assertTrue(accepted)
+        self.assertTrue(agent.servesEpoch(3))
+        self.assertFalse(agent.servesEpoch(1_000_000))
+        self.assertEqual(agent.newestEpoch, 3)
+        self.assertTrue(agent.isActive())
+        agent.roleState, accepted = role.granted(agent.roleState, 4, 10.0)
+        self.assertTrue(accepted)

@@ -118,8 +118,11 @@ class SPAgent:
         return epoch is not None and role.serves(self.roleState, epoch, self.monotonic(), self.lease)
 
     def servesEpoch(self, epoch: int) -> bool:
-        """Whether a request stamped with C{epoch} may be served as active."""
-        self.roleState = role.seen(self.roleState, epoch)
+        """
+        Whether a request stamped with C{epoch} may be served as active.
+        The stamp teaches nothing: epochs are learnt only from the arbiter,
+        or any client could push C{newest} up and make every grant refused.
+        """
         return role.serves(self.roleState, epoch, self.monotonic(), self.lease)
 
     def beginActive(self) -> None:

@@ -122,6 +122,11 @@ class Participant(Service):
                 if self._perspective is perspective:
                     self._perspective = None
                     _log.warn("lost the arbiter connection")
+                    # The arbiter regrants at once when it sees the holder's
+                    # connection drop: step down now, not at the end of the
+                    # lease, so two SPs never act as active together.  The
+                    # claim stays, so a restarted arbiter can hand it back.
+                    self._stepDown("lost the arbiter connection")
 
             broker.notifyOnDisconnect(lost)
 
@@ -211,11 +216,20 @@ class Participant(Service):
         if before == role.ACTIVE and self._agent.role != role.ACTIVE:
             _log.warn("lease expired without word from the arbiter: stepping down")
 
+    def _stepDown(self, why: str) -> None:
+        if self._agent.role == role.ACTIVE:
+            self._agent.roleState = role.tick(self._agent.roleState, float("inf"), self._agent.lease)
+            _log.warn("stepping down: {why}", why=why)
+
     def _sendBeat(self) -> None:
         perspective = self._perspective
         if perspective is None:
             return
         self._inFlight = True
+        # The lease counts from when this beat left, not from when its
+        # answer came back: a slow return path must not stretch it past the
+        # arbiter's miss window.
+        sentAt = self._monotonic()
         state = self._agent.roleState
         try:
             d = perspective.callRemote("heartbeat", self._agent.healthy, state.holds, state.claim)
@@ -226,7 +240,7 @@ class Participant(Service):
 
         def answered(reply: Any) -> None:
             if isinstance(reply, dict) and isinstance(reply.get("ok"), dict):
-                self._agent.roleState = role.heard(self._agent.roleState, self._monotonic())
+                self._agent.roleState = role.heard(self._agent.roleState, sentAt)
                 self._agent.arrayView = reply["ok"]
 
         def failed(reason: Any) -> None:

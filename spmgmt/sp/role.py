@@ -44,7 +44,9 @@ class RoleState:
 
 
 def heard(state: RoleState, now: float) -> RoleState:
-    """The arbiter answered or called."""
+    """The arbiter answered (a beat sent at C{now}) or called; never goes back."""
+    if state.lastHeard is not None and state.lastHeard >= now:
+        return state
     return evolve(state, lastHeard=now)
 
 

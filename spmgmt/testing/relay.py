@@ -65,7 +65,10 @@ Mode = Union[str, Delay]
 
 @define
 class Count:
-    """Connections a mode was applied to (accepted, switched or reset under it) and bytes read under it."""
+    """
+    How many connections a mode was applied to (accepted, switched or reset
+    under it) and how many bytes were read under it.
+    """
 
     connections: int = 0
     bytes: int = 0
@@ -259,7 +262,9 @@ class Relay:
             link.connector = self._reactor.connectTCP(host, port, _TargetFactory(link), timeout=5)
 
     def _maybeForget(self, link: _Link) -> None:
-        if all(side.ended for side in link.sides()) and (link.server is not None or link.connector is None or link.dead):
+        """Forget C{link} once every side ended and no dial is pending."""
+        dialling = link.server is None and link.connector is not None and not link.dead
+        if all(side.ended for side in link.sides()) and not dialling:
             self._links.discard(link)
 
     def _touch(self, mode: str, connections: int, nbytes: int) -> None:
