@@ -20,7 +20,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.spread import pb
 
-from spmgmt.config import SPConfig
+from spmgmt.config import Address, SPConfig
 from spmgmt.peer._common import GuardedBroker, securityOptions
 from spmgmt.tls import clientOptions
 
@@ -100,7 +100,95 @@ class _BrokerFactory(Factory):
         return broker
 
 
-class PeerClient(Service):
+class PBSession(Service):
+    """
+    A reconnecting, logged-in PB session to one server: TLS with this SP's
+    certificate (TLS 1.3, the server's name checked against the array CA),
+    C{ClientService} with backoff, and a fresh cred login, passing
+    L{mind}, on every new connection.  Subclasses hear about each session
+    through L{sessionStarted} and L{sessionEnded}.
+
+    @ivar perspective: the logged-in server's avatar, or L{None}.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        name: str,
+        serverName: str,
+        address: Address,
+        ca: Any,
+        cert: Any,
+        key: Any,
+        secret: bytes,
+        loginTimeout: float,
+        idleTimeout: float,
+        maxDelay: float,
+    ) -> None:
+        self._reactor = reactor
+        self._name = name
+        self._serverName = serverName
+        self._secret = secret
+        self._loginTimeout = loginTimeout
+        self.perspective: Any = None
+        endpoint = wrapClientTLS(
+            clientOptions(serverName, ca, cert, key, tls13Only=True),
+            HostnameEndpoint(reactor, address.host.encode(), address.port, timeout=loginTimeout),
+            clock=reactor,
+        )
+        self._service = ClientService(
+            endpoint,
+            _BrokerFactory(reactor, self._login, idleTimeout=idleTimeout),
+            retryPolicy=backoffPolicy(initialDelay=min(0.1, maxDelay), maxDelay=maxDelay, factor=2.0),
+            clock=reactor,
+        )
+
+    def mind(self) -> pb.Referenceable:
+        """What to pass at login (the server binds our certificate through it)."""
+        raise NotImplementedError()
+
+    def sessionStarted(self, perspective: Any) -> None:
+        """Logged in on a new connection."""
+
+    def sessionEnded(self, perspective: Any) -> None:
+        """That connection is gone."""
+
+    def startService(self) -> None:
+        super().startService()
+        self._service.startService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self.perspective = None
+        return self._service.stopService()
+
+    def _login(self, broker: GuardedBroker) -> None:
+        credentials = UsernamePassword(self._name.encode(), self._secret)
+        d = broker.factory.login(credentials, client=self.mind())
+        d.addTimeout(self._loginTimeout, self._reactor)
+
+        def loggedIn(perspective: Any) -> None:
+            self.perspective = perspective
+            _log.info("logged in to {server}", server=self._serverName)
+
+            def lost() -> None:
+                if self.perspective is perspective:
+                    self.perspective = None
+                    _log.info("disconnected from {server}", server=self._serverName)
+                    self.sessionEnded(perspective)
+
+            broker.notifyOnDisconnect(lost)
+            self.sessionStarted(perspective)
+
+        def failed(reason: Any) -> None:
+            _log.warn("login to {server} failed: {why}", server=self._serverName, why=reason.getErrorMessage())
+            if broker.transport is not None:
+                broker.transport.abortConnection()
+
+        d.addCallbacks(loggedIn, failed)
+
+
+class PeerClient(PBSession):
     """
     This SP's link to one peer.
 
@@ -121,79 +209,56 @@ class PeerClient(Service):
         keepalive: float,
         monotonic: Callable[[], float],
     ) -> None:
+        super().__init__(
+            reactor,
+            selfId,
+            peer.id,
+            peer.pb,
+            ca,
+            cert,
+            key,
+            secret,
+            loginTimeout=timeout,
+            idleTimeout=timeout + keepalive,
+            maxDelay=2.0,
+        )
         self.peer = peer.id
-        self._reactor = reactor
-        self._selfId = selfId
-        self._secret = secret
         self._timeout = timeout
         self._keepalive = keepalive
         self._monotonic = monotonic
-        self._perspective: Any = None
         self._ping: Any = None
         self._lastKnown: dict[str, tuple[Any, float]] = {}
         self.lastSeen: float | None = None
         self.lastSummary: dict[str, Any] | None = None
-        endpoint = wrapClientTLS(
-            clientOptions(peer.id, ca, cert, key, tls13Only=True),
-            HostnameEndpoint(reactor, peer.pb.host.encode(), peer.pb.port, timeout=timeout),
-            clock=reactor,
-        )
-        self._service = ClientService(
-            endpoint,
-            _BrokerFactory(reactor, self._login, idleTimeout=timeout + keepalive),
-            retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=2.0),
-            clock=reactor,
-        )
 
     # -- lifecycle -------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
-        self._service.startService()
         self._schedulePing()
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
         if self._ping is not None and self._ping.active():
             self._ping.cancel()
         self._ping = None
-        self._perspective = None
-        return self._service.stopService()
+        return super().stopService()
 
-    def _login(self, broker: GuardedBroker) -> None:
-        credentials = UsernamePassword(self._selfId.encode(), self._secret)
-        d = broker.factory.login(credentials, client=PeerMind())
-        d.addTimeout(self._timeout, self._reactor)
+    def mind(self) -> pb.Referenceable:
+        return PeerMind()
 
-        def loggedIn(perspective: Any) -> None:
-            self._perspective = perspective
-            self._seen()
-            _log.info("peer {peer} connected", peer=self.peer)
-
-            def lost() -> None:
-                if self._perspective is perspective:
-                    self._perspective = None
-                    _log.info("peer {peer} disconnected", peer=self.peer)
-
-            broker.notifyOnDisconnect(lost)
-
-        def failed(reason: Any) -> None:
-            _log.warn("login to peer {peer} failed: {why}", peer=self.peer, why=reason.getErrorMessage())
-            if broker.transport is not None:
-                broker.transport.abortConnection()
-
-        d.addCallbacks(loggedIn, failed)
+    def sessionStarted(self, perspective: Any) -> None:
+        self._seen()
 
     # -- calls -------------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
-        return self._perspective is not None
+        return self.perspective is not None
 
     def reachable(self) -> bool:
         """Connected, and answered within the last timeout + keepalive."""
         return (
-            self._perspective is not None
+            self.perspective is not None
             and self.lastSeen is not None
             and self._monotonic() - self.lastSeen <= self._timeout + self._keepalive
         )
@@ -216,7 +281,7 @@ class PeerClient(Service):
         @raise PeerRefused: the peer refused (an C{error} reply).
         @raise PeerFailed: the peer raised an unexpected error.
         """
-        perspective = self._perspective
+        perspective = self.perspective
         if perspective is None:
             raise PeerUnavailable(self.peer, "not connected")
         try:
@@ -245,8 +310,8 @@ class PeerClient(Service):
         Drop the connection to a peer that stopped answering (SIGSTOP keeps
         TCP open): the reconnect loop then finds it again when it is back.
         """
-        if self._perspective is perspective:
-            self._perspective = None
+        if self.perspective is perspective:
+            self.perspective = None
             _log.warn("abandoning the connection to {peer}: {why}", peer=self.peer, why=why)
             transport = perspective.broker.transport
             if transport is not None:
@@ -258,7 +323,7 @@ class PeerClient(Service):
         self._ping = self._reactor.callLater(self._keepalive, self._sendPing)
 
     def _sendPing(self) -> None:
-        if self._perspective is None:
+        if self.perspective is None:
             self._schedulePing()
             return
         d = Deferred.fromCoroutine(self.call("ping"))

@@ -14,19 +14,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.application.internet import ClientService, backoffPolicy
-from twisted.application.service import Service
-from twisted.cred.credentials import UsernamePassword
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
 from twisted.spread import pb
 
 from spmgmt.config import Address
-from spmgmt.peer.client import _BrokerFactory
+from spmgmt.peer.client import PBSession
 from spmgmt.sp import role
 from spmgmt.sp.agent import SPAgent
-from spmgmt.tls import clientOptions
 
 _log = Logger()
 
@@ -51,7 +46,7 @@ class ControlMind(pb.Referenceable):
             self._participant.eventArrived(event)
 
 
-class Participant(Service):
+class Participant(PBSession):
     """This SP's membership in the token protocol."""
 
     def __init__(
@@ -67,75 +62,55 @@ class Participant(Service):
         misses: int,
         monotonic: Callable[[], float],
     ) -> None:
-        self._reactor = reactor
-        self._agent = agent
-        self._secret = secret
         self._interval = interval
         self._timeout = interval * misses
+        super().__init__(
+            reactor,
+            agent.sp.id,
+            "proxy",
+            arbiter,
+            ca,
+            cert,
+            key,
+            secret,
+            loginTimeout=self._timeout + 1,
+            idleTimeout=max(1.0, 2 * self._timeout),
+            maxDelay=0.5,
+        )
+        self._agent = agent
         self._monotonic = monotonic
-        self._perspective: Any = None
         self._beat: Any = None
         self._inFlight = False
         self._pending: list[dict[str, Any]] | None = None
-        endpoint = wrapClientTLS(
-            clientOptions("proxy", ca, cert, key, tls13Only=True),
-            HostnameEndpoint(reactor, arbiter.host.encode(), arbiter.port, timeout=self._timeout + 1),
-            clock=reactor,
-        )
         agent.reporter = self.report
         # A health change is news for the arbiter now, not at the next beat.
         agent.onModeChange(lambda kind: self._inFlight or self._sendBeat())
-        self._service = ClientService(
-            endpoint,
-            _BrokerFactory(reactor, self._login, idleTimeout=max(1.0, 2 * self._timeout)),
-            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=0.5, factor=2.0),
-            clock=reactor,
-        )
 
     # -- lifecycle -----------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
-        self._service.startService()
         self._scheduleBeat()
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
         if self._beat is not None and self._beat.active():
             self._beat.cancel()
         self._beat = None
-        self._perspective = None
-        return self._service.stopService()
+        return super().stopService()
 
-    def _login(self, broker: Any) -> None:
-        credentials = UsernamePassword(self._agent.sp.id.encode(), self._secret)
-        d = broker.factory.login(credentials, client=ControlMind(self))
-        d.addTimeout(self._timeout + 1, self._reactor)
+    def mind(self) -> pb.Referenceable:
+        return ControlMind(self)
 
-        def loggedIn(perspective: Any) -> None:
-            self._perspective = perspective
-            _log.info("connected to the arbiter")
-            self._sendBeat()
-            self._catchUp(perspective)
+    def sessionStarted(self, perspective: Any) -> None:
+        self._sendBeat()
+        self._catchUp(perspective)
 
-            def lost() -> None:
-                if self._perspective is perspective:
-                    self._perspective = None
-                    _log.warn("lost the arbiter connection")
-                    # The arbiter regrants at once when it sees the holder's
-                    # connection drop: step down now, not at the end of the
-                    # lease, so two SPs never act as active together.  The
-                    # claim stays, so a restarted arbiter can hand it back.
-                    self._stepDown("lost the arbiter connection")
-
-            broker.notifyOnDisconnect(lost)
-
-        def failed(reason: Any) -> None:
-            _log.warn("login to the arbiter failed: {why}", why=reason.getErrorMessage())
-            if broker.transport is not None:
-                broker.transport.abortConnection()
-
-        d.addCallbacks(loggedIn, failed)
+    def sessionEnded(self, perspective: Any) -> None:
+        # The arbiter regrants at once when it sees the holder's connection
+        # drop: step down now, not at the end of the lease, so two SPs never
+        # act as active together.  The claim stays, so a restarted arbiter
+        # can hand it back.
+        self._stepDown("lost the arbiter connection")
 
     # -- events -------------------------------------------------------------------
 
@@ -169,7 +144,7 @@ class Participant(Service):
 
     def report(self, kind: str, data: dict[str, Any]) -> None:
         """Tell the arbiter something for the history; lost if not connected."""
-        perspective = self._perspective
+        perspective = self.perspective
         if perspective is None:
             return
         d = perspective.callRemote("report", kind, data)
@@ -222,7 +197,7 @@ class Participant(Service):
             _log.warn("stepping down: {why}", why=why)
 
     def _sendBeat(self) -> None:
-        perspective = self._perspective
+        perspective = self.perspective
         if perspective is None:
             return
         self._inFlight = True
@@ -257,7 +232,7 @@ class Participant(Service):
 
         @raise ConnectionError: no control connection.
         """
-        perspective = self._perspective
+        perspective = self.perspective
         if perspective is None:
             raise ConnectionError("no connection to the arbiter")
         d = perspective.callRemote("switchover", to)
