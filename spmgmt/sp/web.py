@@ -176,11 +176,14 @@ class ManagementWeb:
                 result = await handler(request, principal, **kwargs)
             else:
                 result = await self._asActive(request, stamp, handler(request, principal, **kwargs))
-            if isinstance(result, bytes):
-                return result
-            request.setHeader(b"Content-Type", JSON)
-            request.setHeader(b"Cache-Control", b"no-store")
-            return json.dumps(result).encode("utf-8")
+            if not isinstance(result, bytes):
+                request.setHeader(b"Content-Type", JSON)
+                request.setHeader(b"Cache-Control", b"no-store")
+                result = json.dumps(result).encode("utf-8")
+            if not route.stream:
+                # A length, not chunks: easier to read in openssl s_client.
+                request.setHeader(b"Content-Length", str(len(result)).encode())
+            return result
 
         def endpoint(request: Any, **kwargs: Any) -> Deferred[bytes]:
             return Deferred.fromCoroutine(serve(request, **kwargs))
