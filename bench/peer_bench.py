@@ -130,6 +130,14 @@ async def timeSequential(
     return out
 
 
+def perspectiveOf(client: PeerClient) -> Any:
+    """The client's logged-in perspective (public since PBSession, private before)."""
+    perspective = getattr(client, "perspective", None) or getattr(client, "_perspective", None)
+    if perspective is None:
+        raise RuntimeError("the bench PeerClient is not logged in")
+    return perspective
+
+
 async def pingBench(reactor: Any, harness: ArrayHarness, warmup: int, samples: int) -> dict[str, Any]:
     """PB ping round trips from a PeerClient that logs in to spa as spb."""
     config = harness.config
@@ -156,7 +164,7 @@ async def pingBench(reactor: Any, harness: ArrayHarness, warmup: int, samples: i
 
         viaCall = await timeSequential(lambda: client.call("ping"), warmup, samples, isSummary)
 
-        perspective = client._perspective
+        perspective = perspectiveOf(client)
 
         def isReply(value: Any) -> None:
             isSummary(value.get("ok") if isinstance(value, dict) else None)
@@ -168,7 +176,7 @@ async def pingBench(reactor: Any, harness: ArrayHarness, warmup: int, samples: i
                 raise RuntimeError(f"unexpected health answer: {value!r}"[:400])
 
         health = await timeSequential(lambda: client.call("health"), warmup, samples, isHealth)
-        if client._perspective is not perspective:
+        if perspectiveOf(client) is not perspective:
             raise RuntimeError("the PB connection was replaced during the run")
         # What the replies weigh on the wire (jelly + banana, before TLS).
         sizes = {}
