@@ -70,6 +70,11 @@ class ArbiterState:
     @ivar alarmed: a persist failure was reported and not yet cleared.
     @ivar lastHolder: the SP C{issued} was granted to (persisted with it),
         the only SP that may be handed C{issued} again.
+    @ivar planned: during a planned move (switchover, failback) whose new
+        epoch is not stored yet: the state before the move, restored if the
+        store fails, so a full disk never costs the array its active SP.
+    @ivar alarmedAt: when the last persist failed; grants are retried only
+        every L{PERSIST_RETRY} seconds after that, not on every event.
     """
 
     issued: int
@@ -82,6 +87,8 @@ class ArbiterState:
     members: Mapping[str, Member] = field(factory=dict)
     alarmed: bool = False
     revokedEpoch: int = 0
+    alarmedAt: float = 0.0
+    planned: "ArbiterState | None" = None
 
 
 def initial(persistedEpoch: int, now: float, lastHolder: str | None = None) -> ArbiterState:
@@ -192,6 +199,10 @@ class Event:
 Effect = Union[Persist, Grant, Revoke, Event]
 
 
+#: Seconds between grant attempts while the epoch cannot be stored.
+PERSIST_RETRY = 5.0
+
+
 class SwitchoverRefused(Exception):
     """A switchover cannot happen now; the message says why."""
 
@@ -258,6 +269,8 @@ def _fill(state: ArbiterState, now: float, policy: Policy, reason: str, previous
         # preference rather than to whoever connected first, and the holder
         # of the persisted epoch can take it back without a move.
         return state, []
+    if state.alarmed and now - state.alarmedAt < PERSIST_RETRY:
+        return state, []
     sp = candidate(state, now, policy, exclude=previous) or candidate(state, now, policy)
     if sp is None:
         return state, []
@@ -312,6 +325,20 @@ def step(state: ArbiterState, event: Input, policy: Policy) -> tuple[ArbiterStat
                 Grant(event.sp, state.issued),
                 Event("grant", {"to": event.sp, "epoch": state.issued, "reason": "last holder is back"}),
             ]
+        elif (
+            state.holder == event.sp
+            and state.acked
+            and event.healthy
+            and event.claim == state.issued
+        ):
+            # It stepped down on its own lease (a stall just under the miss
+            # window) but still claims the newest epoch: hand the same epoch
+            # back rather than move the token (no false failover).
+            state = evolve(state, acked=False, grantedAt=event.now)
+            effects += [
+                Grant(event.sp, state.issued),
+                Event("grant", {"to": event.sp, "epoch": state.issued, "reason": "holder renewed"}),
+            ]
         elif state.holder == event.sp and state.acked:
             # It acknowledged, yet no longer holds the token (it stepped
             # down on its own, or restarted): the token is vacant.
@@ -337,7 +364,7 @@ def step(state: ArbiterState, event: Input, policy: Policy) -> tuple[ArbiterStat
     elif isinstance(event, GrantAcked):
         if state.holder == event.sp and state.issued == event.epoch and not state.acked:
             gap = None if state.vacantSince is None else max(0.0, event.now - state.vacantSince)
-            state = evolve(state, acked=True, vacantSince=None)
+            state = evolve(state, acked=True, vacantSince=None, planned=None)
             effects.append(
                 Event("token", {"holder": event.sp, "epoch": event.epoch, "gap_s": gap})
             )
@@ -346,10 +373,13 @@ def step(state: ArbiterState, event: Input, policy: Policy) -> tuple[ArbiterStat
         if state.issued == event.epoch and not state.acked:
             # The epoch never left this process: undo it, so it is not
             # skipped, and alarm once until a persist succeeds.
-            state = evolve(state, issued=event.epoch - 1, holder=None, acked=False)
+            if state.planned is not None:
+                state = evolve(state.planned, members=state.members, alarmed=state.alarmed)
+            else:
+                state = evolve(state, issued=event.epoch - 1, holder=None, acked=False)
             if not state.alarmed:
                 effects.append(Event("alarm", {"epoch": event.epoch, "why": event.why}))
-            state = evolve(state, alarmed=True)
+            state = evolve(state, alarmed=True, alarmedAt=event.now)
         return state, effects
     elif isinstance(event, Tick):
         now = event.now
@@ -410,9 +440,21 @@ def _failback(state: ArbiterState, now: float, policy: Policy) -> tuple[ArbiterS
         or now - member.healthySince < policy.failbackAfter
     ):
         return state, []
-    state, effects = _vacate(state, now, "failback")
-    state, more = _grant(state, preferred, now, "failback")
-    return state, effects + more
+    return _plannedMove(state, preferred, now, "failback")
+
+
+def _plannedMove(state: ArbiterState, target: str, now: float, reason: str) -> tuple[ArbiterState, list[Effect]]:
+    """
+    Move the token from a healthy holder on purpose: store the new epoch
+    first, and only then revoke and grant, so a failed store leaves the old
+    holder in place (see L{ArbiterState.planned}).
+    """
+    planned = state
+    state, vacating = _vacate(state, now, reason)
+    state, granting = _grant(state, target, now, reason)
+    persist = [e for e in granting if isinstance(e, Persist)]
+    rest = [e for e in granting if not isinstance(e, Persist)]
+    return evolve(state, planned=planned), persist + vacating + rest
 
 
 def _switchover(state: ArbiterState, event: Switchover, policy: Policy) -> tuple[ArbiterState, list[Effect]]:
@@ -430,11 +472,11 @@ def _switchover(state: ArbiterState, event: Switchover, policy: Policy) -> tuple
         if found is None:
             raise SwitchoverRefused("no other healthy SP is connected")
         target = found
-    state, effects = _vacate(state, now, "switchover")
-    state, more = _grant(state, target, now, "switchover")
-    return state, effects + more
+    return _plannedMove(state, target, now, "switchover")
 
 
 def persisted(state: ArbiterState) -> ArbiterState:
-    """A persist succeeded: clear the alarm."""
-    return evolve(state, alarmed=False) if state.alarmed else state
+    """A persist succeeded: clear the alarm, and nothing is left to undo."""
+    if state.alarmed or state.planned is not None:
+        return evolve(state, alarmed=False, planned=None)
+    return state

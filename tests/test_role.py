@@ -103,14 +103,16 @@ class GrantTests(SynchronousTestCase):
 
     def test_duplicateGrantAccepted(self) -> None:
         """
-        The same grant again (a retried message) is accepted and refreshes
-        the lease.
+        The same grant again (a retried message) is accepted but does not
+        extend the lease: the lease counts from the last answered heartbeat,
+        as the arbiter's miss window does.
         """
         state = activeWith(5, 0.0)
         again, accepted = granted(state, 5, 0.9)
         self.assertTrue(accepted)
-        self.assertEqual((again.role, again.epoch, again.lastHeard), (ACTIVE, 5, 0.9))
-        self.assertTrue(serves(again, 5, 1.8, LEASE))
+        self.assertEqual((again.role, again.epoch, again.lastHeard), (ACTIVE, 5, 0.0))
+        self.assertFalse(serves(again, 5, 1.8, LEASE))
+        self.assertTrue(serves(heard(again, 0.9), 5, 1.8, LEASE))
 
     def test_revokedEpochNotGrantedAgain(self) -> None:
         """
@@ -165,7 +167,7 @@ class ClaimTests(SynchronousTestCase):
         accepted: the SP is active under it again.
         """
         state = tick(activeWith(5, 0.0), 1.5, LEASE)
-        state, accepted = granted(state, 5, 2.0)
+        state, accepted = granted(heard(state, 1.9), 5, 2.0)
         self.assertTrue(accepted)
         self.assertEqual((state.role, state.epoch, state.claim), (ACTIVE, 5, 5))
         self.assertTrue(serves(state, 5, 2.0, LEASE))

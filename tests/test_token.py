@@ -25,6 +25,7 @@ from hypothesis.stateful import (
 from twisted.trial.unittest import SynchronousTestCase
 
 from spmgmt.token import (
+    PERSIST_RETRY,
     ArbiterState,
     Disconnected,
     Effect,
@@ -501,13 +502,26 @@ class FailoverTests(SynchronousTestCase):
         accepted again.
         """
         run = activeArray()
-        effects = run.at(0.1).beat(SPA, holds=None)
+        effects = run.at(0.1).beat(SPA, holds=None, claim=None)
         self.assertEqual(actions(effects)[:1], [Revoke(SPA, 1)])
         self.assertEqual([p.epoch for p in persists(effects)], [2])
         self.assertNotEqual((run.state.holder, run.state.issued), (SPA, 1))
         self.assertEqual(arrayState(run.state), "unavailable")
         self.assertEqual(run.at(0.2).ack(SPA, 1), [])
         self.assertEqual(arrayState(run.state), "unavailable")
+
+    def test_holderRenewedAfterLeaseStepDown(self) -> None:
+        """
+        A holder that stepped down on its own lease but still claims the
+        newest epoch (a stall just under the miss window) is handed the same
+        epoch again: no new epoch, no move (G6).
+        """
+        run = activeArray()
+        effects = run.at(0.1).beat(SPA, holds=None, claim=1)
+        self.assertEqual(actions(effects), [Grant(SPA, 1)])
+        self.assertEqual((run.state.holder, run.state.issued), (SPA, 1))
+        run.at(0.12).ack(SPA, 1)
+        self.assertEqual(arrayState(run.state), "active")
 
     def test_unackedHolderHeartbeatsNothing(self) -> None:
         """
@@ -664,7 +678,7 @@ class FailbackTests(SynchronousTestCase):
         run.at(0.2).beat(SPA, healthy=True)
         self.assertEqual(actions(run.live(2.1)), [])
         effects = run.live(2.2)
-        self.assertEqual(actions(effects), [Revoke(SPB, 2), Persist(3, SPA), Grant(SPA, 3)])
+        self.assertEqual(actions(effects), [Persist(3, SPA), Revoke(SPB, 2), Grant(SPA, 3)])
         self.assertEqual([e["reason"] for e in events(effects, "grant")], ["failback"])
         run.ack(SPA, 3)
         self.assertEqual(actions(run.live(10.0)), [])
@@ -703,7 +717,7 @@ class SwitchoverTests(SynchronousTestCase):
         """
         run = activeArray((SPA, SPB, SPC))
         effects = run.at(0.1).switchover(SPC)
-        self.assertEqual(actions(effects), [Revoke(SPA, 1), Persist(2, SPC), Grant(SPC, 2)])
+        self.assertEqual(actions(effects), [Persist(2, SPC), Revoke(SPA, 1), Grant(SPC, 2)])
         self.assertEqual([e["reason"] for e in events(effects, "grant")], ["switchover"])
         self.assertEqual([e["reason"] for e in events(effects, "revoke")], ["switchover"])
         self.assertEqual(events(run.at(0.15).ack(SPC), "token"), [{"holder": SPC, "epoch": 2, "gap_s": 0.05}])
@@ -713,7 +727,7 @@ class SwitchoverTests(SynchronousTestCase):
         A switchover without a target picks the best other healthy SP.
         """
         run = activeArray((SPA, SPB, SPC))
-        self.assertEqual(actions(run.at(0.1).switchover(None)), [Revoke(SPA, 1), Persist(2, SPB), Grant(SPB, 2)])
+        self.assertEqual(actions(run.at(0.1).switchover(None)), [Persist(2, SPB), Revoke(SPA, 1), Grant(SPB, 2)])
         run.ack(SPB)
         self.assertEqual(grants(run.at(0.2).switchover(None)), [Grant(SPA, 3)])
 
@@ -752,7 +766,7 @@ class SwitchoverTests(SynchronousTestCase):
         run = Run()
         run.join(SPA)
         run.join(SPB)
-        self.assertEqual(actions(run.at(0.1).switchover(SPB)), [Revoke(SPA, 1), Persist(2, SPB), Grant(SPB, 2)])
+        self.assertEqual(actions(run.at(0.1).switchover(SPB)), [Persist(2, SPB), Revoke(SPA, 1), Grant(SPB, 2)])
 
     def test_refused(self) -> None:
         """
@@ -902,10 +916,16 @@ class PersistFailedTests(SynchronousTestCase):
         effects = run.feed(PersistFailed(2, "Input/output error", 2.0))
         self.assertEqual(effects, [Event("alarm", {"epoch": 2, "why": "Input/output error"})])
         state = run.state
-        self.assertEqual((state.issued, state.holder, state.acked, state.alarmed), (1, None, False, True))
+        # A planned move that cannot be stored leaves the old holder active.
+        self.assertEqual((state.issued, state.holder, state.acked, state.alarmed), (1, SPA, True, True))
+        self.assertEqual(arrayState(run.state), "active")
+        # A holder lost meanwhile: the next grant reuses the number 2, but
+        # only after the retry delay (no fsync storm on a failing disk).
+        run.at(2.05).disconnect(SPA)
         self.assertEqual(arrayState(run.state), "unavailable")
-        effects = run.at(2.05).tick()
-        self.assertEqual(actions(effects), [Persist(2, SPA), Grant(SPA, 2)])
+        self.assertEqual(actions(run.at(2.1).tick()), [])
+        effects = run.live(2.0 + PERSIST_RETRY + 0.1)
+        self.assertEqual(actions(effects), [Persist(2, SPB), Grant(SPB, 2)])
 
     def test_alarmOnce(self) -> None:
         """
@@ -915,18 +935,20 @@ class PersistFailedTests(SynchronousTestCase):
         run = Run(only(SPA), now=10.0)
         run.join(SPA)
         alarms = []
-        for now in [10.1, 10.2, 10.3]:
+        for now in [10.1, 10.1 + PERSIST_RETRY + 0.01, 10.1 + 2 * PERSIST_RETRY + 0.02]:
             alarms += events(run.at(now).feed(PersistFailed(1, "No space left on device", now)), "alarm")
             self.assertEqual((run.state.issued, run.state.holder), (0, None))
-            self.assertEqual(actions(run.beat(SPA)), [Persist(1, SPA), Grant(SPA, 1)])
+            self.assertEqual(actions(run.beat(SPA)), [])  # not before the retry delay
+            self.assertEqual(actions(run.at(now + PERSIST_RETRY + 0.005).beat(SPA)), [Persist(1, SPA), Grant(SPA, 1)])
         self.assertEqual(len(alarms), 1)
         run.state = persisted(run.state)
         self.assertFalse(run.state.alarmed)
         run.ack(SPA, 1)
-        run.at(11.5).join(SPB)
-        run.at(11.5).switchover(SPB)
+        later = run.now + 0.1
+        run.at(later).join(SPB)
+        run.at(later).switchover(SPB)
         self.assertEqual(run.state.issued, 2)
-        self.assertEqual(len(events(run.feed(PersistFailed(2, "EIO", 11.5)), "alarm")), 1)
+        self.assertEqual(len(events(run.feed(PersistFailed(2, "EIO", later)), "alarm")), 1)
 
     def test_persistedIsIdentityWithoutAlarm(self) -> None:
         """
@@ -1051,9 +1073,10 @@ class TokenMachine(RuleBasedStateMachine):
                 assert sp.up and sp.healthy, (effect, sp)
                 assert m.now - sp.heardAt <= self.policy.missWindow, (effect, sp, m.now)
                 assert member.connected and member.healthy, (effect, member)
-                if i > 0 and effects[i - 1] == Persist(effect.epoch, effect.sp):
-                    # A new epoch, persisted (with its holder) just before:
-                    # granted once, ever.
+                if Persist(effect.epoch, effect.sp) in effects[:i]:
+                    # A new epoch, persisted (with its holder) earlier in the
+                    # same step (first of all, for a planned move): granted
+                    # once, ever.
                     assert effect.epoch not in m.grantedTo, (effect, m.grantedTo)
                     if self.inGrace() and not switchover and not self.everyoneJoined():
                         # While an SP may still come back with the stored
@@ -1256,6 +1279,8 @@ class TokenMachine(RuleBasedStateMachine):
         """
         if self.state.holder is not None or self.m.persistFailedNow:
             return
+        if self.state.alarmed and self.m.now - self.state.alarmedAt < PERSIST_RETRY:
+            return  # grants wait out the retry delay after a failed store
         if self.inGrace() and not self.everyoneJoined():
             return
         assert not self.eligible(), (self.eligible(), self.state)

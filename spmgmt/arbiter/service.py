@@ -93,13 +93,19 @@ class Arbiter(Service):
         self._tick = self._reactor.callLater(self.policy.interval, self._onTick)
 
     def _onTick(self) -> None:
+        # Judge liveness only after reading what arrived meanwhile: timers
+        # run before I/O in a reactor iteration, so after a stall of this
+        # process queued heartbeats would otherwise count as missed.
+        self._reactor.callLater(0, self._judge)
+        if self.running:
+            self._scheduleTick()
+
+    def _judge(self) -> None:
         # The tick must survive anything: it is what notices a hung holder.
         try:
             self.feed(token.Tick(self._monotonic()))
         except Exception:
             _log.failure("arbiter tick failed")
-        if self.running:
-            self._scheduleTick()
 
     # -- the machine ---------------------------------------------------------------
 
@@ -109,25 +115,22 @@ class Arbiter(Service):
         self._carryOut(effects)
 
     def _carryOut(self, effects: list[token.Effect]) -> None:
-        unpersisted: set[int] = set()
         for effect in effects:
             if isinstance(effect, token.Persist):
                 try:
                     self._store.store(effect.epoch, effect.holder)
                 except EpochStoreError as e:
                     _log.error("cannot persist epoch {epoch}: {why}", epoch=effect.epoch, why=str(e))
-                    unpersisted.add(effect.epoch)
+                    # Everything after a Persist depends on it: carry out
+                    # none of it, and let the machine undo the epoch.
                     self.feed(token.PersistFailed(effect.epoch, str(e), self._monotonic()))
-                else:
-                    self.state = token.persisted(self.state)
+                    return
+                self.state = token.persisted(self.state)
             elif isinstance(effect, token.Grant):
-                if effect.epoch not in unpersisted:
-                    self._sendGrant(effect.sp, effect.epoch)
+                self._sendGrant(effect.sp, effect.epoch)
             elif isinstance(effect, token.Revoke):
                 self._sendRevoke(effect.sp, effect.epoch)
             elif isinstance(effect, token.Event):
-                if effect.kind == "grant" and effect.data.get("epoch") in unpersisted:
-                    continue
                 self._record(effect.kind, dict(effect.data))
 
     def _sendGrant(self, sp: str, epoch: int) -> None:
@@ -238,8 +241,16 @@ class Arbiter(Service):
         self.feed(token.Switchover(to, self._monotonic()))
         epoch = self.state.issued
         d: Deferred[int] = Deferred()
-        self._ackWaiters.append((epoch, d))
-        return d.addTimeout(self.policy.ackTimeout + self.policy.interval, self._reactor)
+        waiter = (epoch, d)
+        self._ackWaiters.append(waiter)
+
+        def forget(result: Any) -> Any:
+            if waiter in self._ackWaiters:
+                self._ackWaiters.remove(waiter)
+            return result
+
+        d.addTimeout(self.policy.ackTimeout + self.policy.interval, self._reactor)
+        return d.addBoth(forget)
 
 
 class ControlAvatar(pb.Avatar):

@@ -80,11 +80,10 @@ class Participant(PBSession):
         self._agent = agent
         self._monotonic = monotonic
         self._beat: Any = None
-        self._inFlight = False
         self._pending: list[dict[str, Any]] | None = None
         agent.reporter = self.report
         # A health change is news for the arbiter now, not at the next beat.
-        agent.onModeChange(lambda kind: self._inFlight or self._sendBeat())
+        agent.onModeChange(lambda kind: self._sendBeat())
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -175,15 +174,24 @@ class Participant(PBSession):
         self._beat = self._reactor.callLater(self._interval, self._onBeat)
 
     def _onBeat(self) -> None:
-        # Survive anything: this loop is also what enforces the lease.
+        # Survive anything: this loop is also what enforces the lease.  A
+        # beat goes every interval even while earlier ones are unanswered
+        # (a slow link must not halve the tolerated round trip), and the
+        # lease is judged after this iteration's I/O: timers run first, and
+        # after a stall the answers already received must count.
         try:
-            self._checkLease()
-            if not self._inFlight:
-                self._sendBeat()
+            self._sendBeat()
         except Exception:
             _log.failure("heartbeat failed")
+        self._reactor.callLater(0, self._checkLeaseSafely)
         if self.running:
             self._scheduleBeat()
+
+    def _checkLeaseSafely(self) -> None:
+        try:
+            self._checkLease()
+        except Exception:
+            _log.failure("lease check failed")
 
     def _checkLease(self) -> None:
         before = self._agent.role
@@ -200,31 +208,30 @@ class Participant(PBSession):
         perspective = self.perspective
         if perspective is None:
             return
-        self._inFlight = True
         # The lease counts from when this beat left, not from when its
         # answer came back: a slow return path must not stretch it past the
         # arbiter's miss window.
         sentAt = self._monotonic()
         state = self._agent.roleState
-        try:
-            d = perspective.callRemote("heartbeat", self._agent.healthy, state.holds, state.claim)
-        except Exception:
-            self._inFlight = False
-            raise
+        d = perspective.callRemote("heartbeat", self._agent.healthy, state.holds, state.claim)
         d.addTimeout(self._timeout, self._reactor)
 
         def answered(reply: Any) -> None:
             if isinstance(reply, dict) and isinstance(reply.get("ok"), dict):
-                self._agent.roleState = role.heard(self._agent.roleState, sentAt)
-                self._agent.arrayView = reply["ok"]
+                view = reply["ok"]
+                state = role.heard(self._agent.roleState, sentAt)
+                epoch = (view.get("token") or {}).get("epoch")
+                if isinstance(epoch, int) and not isinstance(epoch, bool):
+                    # The arbiter's word on the newest epoch: a stale active
+                    # steps down, stale peer calls are refused.
+                    state = role.seen(state, epoch)
+                self._agent.roleState = state
+                self._agent.arrayView = view
 
         def failed(reason: Any) -> None:
             _log.debug("heartbeat unanswered: {why}", why=reason.getErrorMessage())
 
-        def done(_: Any) -> None:
-            self._inFlight = False
-
-        d.addCallbacks(answered, failed).addBoth(done)
+        d.addCallbacks(answered, failed)
 
     async def switchover(self, to: str | None) -> dict[str, Any]:
         """

@@ -57,7 +57,10 @@ def granted(state: RoleState, epoch: int, now: float) -> tuple[RoleState, bool]:
     """
     if epoch < state.newest or (epoch == state.newest and state.newest > 0 and state.claim != epoch):
         return state, False
-    return RoleState(ACTIVE, epoch, epoch, now, state.inFlight, claim=epoch), True
+    # The lease keeps counting from the last answered heartbeat: the arbiter
+    # measures its miss window from that beat, not from this grant.
+    lastHeard = state.lastHeard if state.lastHeard is not None else now
+    return RoleState(ACTIVE, epoch, epoch, lastHeard, state.inFlight, claim=epoch), True
 
 
 def _down(state: RoleState) -> RoleState:

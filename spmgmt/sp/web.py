@@ -540,8 +540,8 @@ def _jsonBody(request: Any) -> dict[str, Any]:
         return {}
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise Problem(400, "The request body is not JSON.") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise Problem(400, "The request body is not JSON (or is nested too deeply).") from None
     if not isinstance(body, dict):
         raise Problem(400, "The request body must be a JSON object.")
     return body
