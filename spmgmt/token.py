@@ -116,15 +116,23 @@ class Joined:
     holds: int | None
     now: float
     claim: int | None = None
+    newest: int | None = None
 
 
 @frozen
 class Heartbeat:
+    """
+    An SP's periodic word: health, the epoch it holds, its claim, and the
+    newest epoch it has seen (which lets an arbiter that lost its epoch
+    file learn how far epochs have gone).
+    """
+
     sp: str
     healthy: bool
     holds: int | None
     now: float
     claim: int | None = None
+    newest: int | None = None
 
 
 @frozen
@@ -299,6 +307,14 @@ def step(state: ArbiterState, event: Input, policy: Policy) -> tuple[ArbiterStat
     previous: str | None = None
 
     if isinstance(event, (Joined, Heartbeat)):
+        if event.newest is not None and event.newest > state.issued and state.holder is None:
+            # Epochs went further than this arbiter knows (its epoch file
+            # was lost): never issue one of them again.  The next grant is
+            # above it and is persisted before it leaves.
+            effects.append(
+                Event("alarm", {"why": "an SP has seen a newer epoch than stored", "epoch": event.newest})
+            )
+            state = evolve(state, issued=event.newest, lastHolder=None)
         old = state.members.get(event.sp, Member())
         member = _observe(old, event.healthy, event.now)
         state = _setMember(state, event.sp, member)

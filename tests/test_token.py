@@ -1395,3 +1395,28 @@ class TokenStateMachineTests(SynchronousTestCase):
         Failback on.
         """
         self.runMachine(FailbackTokenMachine, 100)
+
+
+class LostEpochFileTests(SynchronousTestCase):
+    """An arbiter whose epoch file was lost learns how far epochs went."""
+
+    def test_newestFromHeartbeats(self) -> None:
+        """
+        After a restart from nothing (epoch 0), SPs that have seen epoch 5
+        make the next grant epoch 6, persisted first, with one alarm: no
+        epoch is reused.
+        """
+        policy = Policy(preference=(SPA, SPB), startupGrace=0.0)
+        state = initial(0, 0.0)
+        state, effects = step(state, Joined(SPB, True, None, 0.0, None, 5), policy)
+        self.assertEqual([e.kind for e in effects if isinstance(e, Event)][:1], ["alarm"])
+        grants = [e for e in effects if isinstance(e, (Persist, Grant))]
+        self.assertEqual(grants, [Persist(6, SPB), Grant(SPB, 6)])
+        self.assertEqual(state.issued, 6)
+
+    def test_olderNewestChangesNothing(self) -> None:
+        """A newest epoch at or below the stored one teaches nothing."""
+        policy = Policy(preference=(SPA,), startupGrace=0.0)
+        state, effects = step(initial(7, 0.0), Joined(SPA, True, None, 0.0, None, 7), policy)
+        self.assertEqual([e for e in effects if isinstance(e, Event) and e.kind == "alarm"], [])
+        self.assertIn(Persist(8, SPA), effects)

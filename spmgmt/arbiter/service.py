@@ -32,6 +32,9 @@ from spmgmt.tls import serverOptions, tlsServerFactory
 
 _log = Logger()
 
+#: Epochs stay below this: they must fit the 18 digits a stamp may carry.
+MAX_EPOCH = 10**18
+
 
 def policyFor(config: ArrayConfig) -> token.Policy:
     """The token policy of C{config}."""
@@ -225,10 +228,16 @@ class Arbiter(Service):
         return detach
 
     def heartbeat(
-        self, sp: str, healthy: bool, holds: int | None, claim: int | None, first: bool
+        self,
+        sp: str,
+        healthy: bool,
+        holds: int | None,
+        claim: int | None,
+        first: bool,
+        newest: int | None = None,
     ) -> dict[str, Any]:
         kind = token.Joined if first else token.Heartbeat
-        self.feed(kind(sp, healthy, holds, self._monotonic(), claim))
+        self.feed(kind(sp, healthy, holds, self._monotonic(), claim, newest))
         return self.view()
 
     def switchover(self, to: str | None) -> Deferred[int]:
@@ -261,14 +270,20 @@ class ControlAvatar(pb.Avatar):
         self.sp = sp
         self._first = True
 
-    def perspective_heartbeat(self, healthy: object, holds: object, claim: object = None) -> dict[str, Any]:
+    def perspective_heartbeat(
+        self, healthy: object, holds: object, claim: object = None, newest: object = None
+    ) -> dict[str, Any]:
         if not isinstance(healthy, bool):
             return error("bad_request", "healthy must be a boolean")
-        for name, value in (("holds", holds), ("claim", claim)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        for name, value in (("holds", holds), ("claim", claim), ("newest", newest)):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_EPOCH
+            ):
                 return error("bad_request", f"{name} must be an epoch or None")
         first, self._first = self._first, False
-        return ok(self._arbiter.heartbeat(self.sp, healthy, holds, claim, first))  # type: ignore[arg-type]
+        return ok(
+            self._arbiter.heartbeat(self.sp, healthy, holds, claim, first, newest)  # type: ignore[arg-type]
+        )
 
     def perspective_events(self, since: object) -> dict[str, Any]:
         if not isinstance(since, int) or isinstance(since, bool):

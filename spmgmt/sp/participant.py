@@ -213,7 +213,7 @@ class Participant(PBSession):
         # arbiter's miss window.
         sentAt = self._monotonic()
         state = self._agent.roleState
-        d = perspective.callRemote("heartbeat", self._agent.healthy, state.holds, state.claim)
+        d = perspective.callRemote("heartbeat", self._agent.healthy, state.holds, state.claim, state.newest)
         d.addTimeout(self._timeout, self._reactor)
 
         def answered(reply: Any) -> None:
