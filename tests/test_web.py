@@ -732,6 +732,40 @@ class DisconnectTests(WebTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
 
+class StampedDisconnectTests(WebTestCase):
+    """
+    A stamped (active-role) command stays in flight until it ends, even if
+    its client leaves: a step-down waits for the command, not the socket.
+    """
+
+    def test_inFlightUntilCommandEnds(self) -> None:
+        """The in-flight count holds the command after the client left."""
+        from spmgmt.sp import role
+
+        self.setUpWeb()
+        self.agent.lease = 10.0
+        self.agent.roleState, _ = role.granted(role.heard(self.agent.roleState, 0.0), 4, 0.0)
+        self.patch(self.agent, "monotonic", lambda: 0.0)
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            request(
+                b"POST",
+                b"/api/v1/sps/spa/commands/uptime",
+                {b"Authorization": ADMIN, b"X-SPMgmt-Epoch": b"4"},
+                b"{}",
+            )
+        )
+        [(_, _, work)] = self.agent.runs
+        self.assertGreaterEqual(self.agent.roleState.inFlight, 1)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertGreaterEqual(self.agent.roleState.inFlight, 1)
+        self.agent.roleState = role.revoked(self.agent.roleState, 4, 0.0)
+        self.assertEqual(self.agent.role, role.STEPPING_DOWN)
+        work.callback(result("uptime"))
+        self.assertEqual(self.agent.roleState.inFlight, 0)
+        self.assertEqual(self.agent.role, role.PASSIVE)
+
+
 class ShieldedTests(SynchronousTestCase):
     """Tests for L{_shielded}."""
 

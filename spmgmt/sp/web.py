@@ -190,6 +190,22 @@ class ManagementWeb:
 
         return endpoint
 
+    def _holdActive(self, request: Any, work: Deferred[Any]) -> Deferred[Any]:
+        """
+        For a stamped (active-role) request, count C{work} as in flight
+        until it ends, even if its client leaves first: a step-down waits
+        for the command itself, not for the connection.
+        """
+        if _epochStamp(request) is None:
+            return work
+        self._agent.beginActive()
+
+        def ended(result: Any) -> Any:
+            self._agent.endActive()
+            return result
+
+        return work.addBoth(ended)
+
     def _fence(self, epoch: int) -> None:
         """421 unless this SP holds exactly C{epoch} as active."""
         agent = self._agent
@@ -415,7 +431,8 @@ class ManagementWeb:
     ) -> dict[str, Any]:
         params = _jsonBody(request).get("params", {})
         if self._isSelf(sp):
-            result = (await _shielded(self._agent.runCommand(name, params))).asJSON()
+            running = self._holdActive(request, self._agent.runCommand(name, params))
+            result = (await _shielded(running)).asJSON()
             result = self._local(result)
         else:
             # This SP's own mode still limits what it relays; the peer then
@@ -423,7 +440,7 @@ class ManagementWeb:
             if not self._agent.healthy:
                 self._agent.checkAllowed(self._agent.command(name))
             relayed = self._relay(sp, "runCommand", name, params, self._agent.epoch)
-            result = await _shielded(Deferred.fromCoroutine(relayed))
+            result = await _shielded(self._holdActive(request, Deferred.fromCoroutine(relayed)))
         _log.info(
             "{user} ran {command} on {sp} via {via}: rc={rc}",
             user=principal.name,
