@@ -43,40 +43,23 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import random
-import shlex
 import shutil
 import signal
-import ssl
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater, react
 
-import twisted  # noqa: E402
-from twisted.internet.defer import Deferred, ensureDeferred  # noqa: E402
-from twisted.internet.task import deferLater, react  # noqa: E402
-from twisted.python.failure import Failure  # noqa: E402
+# From bench/ (on sys.path when run as a script); it puts the repository root there too.
+from _common import REPO, RESULTS, CPUWindow, codeUnderTest, command, cpuLine, machine, milliseconds
+from _common import percentile, record, withDeadline
 
-from spmgmt.testing import ArrayHarness  # noqa: E402
-
-RESULTS = REPO / "bench" / "RESULTS.md"
-START = "<!-- failover-bench:start -->"
-END = "<!-- failover-bench:end -->"
-HEADER = """\
-# spmgmt benchmarks
-
-Figures from the scripts in `bench/`, recorded with their `--record` option.
-Each section says when, on which machine and with which command it was
-measured; rerun that command to compare.
-"""
+from spmgmt.testing import ArrayHarness
 
 FAULTS = ("sigkill", "sigstop", "unhealthy")
 SPS = ("spa", "spb")
@@ -88,26 +71,11 @@ EXPECTED_REASON = {
     "unhealthy": "unhealthy",
 }
 
-#: Other processes' average CPU use (in CPUs) above which a run is flagged.
-OTHERS_LIMIT = 0.10
-
-
 # -- statistics ------------------------------------------------------------------
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The C{q}-th percentile (0..100), linear interpolation between ranks."""
-    s = sorted(values)
-    if not s:
-        raise ValueError("no samples")
-    k = (len(s) - 1) * q / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
 def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f}"
+    return milliseconds(seconds, 1)
 
 
 # -- the array ---------------------------------------------------------------------
@@ -346,106 +314,7 @@ def addBreakdown(samples: list[dict[str, Any]], events: list[dict[str, Any]]) ->
                 s["beat_wait"] = s["noticed"] - s["check_wait"]
 
 
-# -- CPU accounting ------------------------------------------------------------------
-
-
-def _busySeconds() -> tuple[float, float]:
-    """CPU seconds the whole machine has been busy, and stolen, since boot."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    tick = os.sysconf("SC_CLK_TCK")
-    return (user + nice + system + irq + softirq) / tick, steal / tick
-
-
-def _ourSeconds(harness: ArrayHarness) -> float:
-    """
-    CPU seconds of this process, of its reaped children (SPs killed during
-    the run) and of the array's live processes (with their reaped commands).
-    """
-    times = os.times()
-    total = times.user + times.system + times.children_user + times.children_system
-    tick = os.sysconf("SC_CLK_TCK")
-    for name in harness.names:
-        try:
-            stat = Path(f"/proc/{harness.pid(name)}/stat").read_text()
-        except (OSError, KeyError, AssertionError):
-            continue
-        rest = stat[stat.rindex(")") + 2 :].split()
-        total += sum(int(v) for v in rest[11:15]) / tick  # utime stime cutime cstime
-    return total
-
-
-class CPUWindow:
-    """Who used the CPUs while the measurements ran: us, or someone else."""
-
-    def __init__(self, harness: ArrayHarness) -> None:
-        self._harness = harness
-        self._wall = time.monotonic()
-        self._busy, self._steal = _busySeconds()
-        self._ours = _ourSeconds(harness)
-
-    def close(self) -> dict[str, float]:
-        busy, steal = _busySeconds()
-        ours = _ourSeconds(self._harness) - self._ours
-        wall = time.monotonic() - self._wall
-        return {"wall": wall, "ours": ours, "others": max(0.0, busy - self._busy - ours), "steal": steal - self._steal}
-
-
 # -- report ------------------------------------------------------------------------
-
-
-def machine() -> dict[str, str]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from twisted.internet import reactor
-
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "nproc": str(nproc),
-        "cpu": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "twisted": twisted.__version__,
-        "openssl": ssl.OPENSSL_VERSION,
-        "reactor": type(reactor).__module__ + "." + type(reactor).__name__,
-    }
-
-
-def codeUnderTest() -> str:
-    """The commit measured, and whether the package differed from it."""
-    import subprocess
-
-    def git(*argv: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", "-C", str(REPO), *argv], capture_output=True, text=True, timeout=10, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    head = git("rev-parse", "--short", "HEAD")
-    if not head:
-        return "not a git checkout"
-    changed = [line[3:] for line in git("status", "--porcelain", "--", "spmgmt", "twisted").splitlines()]
-    if not changed:
-        return f"commit {head}, package unmodified"
-    return f"commit {head} with local changes to {len(changed)} file(s) under spmgmt/ or twisted/"
-
-
-def command() -> str:
-    """The command line of this run, from the repository root."""
-    exe = Path(sys.executable)
-    try:
-        shown = str(exe.relative_to(REPO))
-    except ValueError:
-        shown = str(exe)
-    return " ".join([shown, "bench/failover_bench.py", *map(shlex.quote, sys.argv[1:])])
 
 
 def parameters(harness: ArrayHarness) -> dict[str, float]:
@@ -646,18 +515,6 @@ def limits(samples: list[dict[str, Any]], p: dict[str, float]) -> list[str]:
     return out
 
 
-def cpuLine(cpu: dict[str, float]) -> str:
-    others = cpu["others"] / cpu["wall"]
-    line = (
-        f"- CPU during the trials ({cpu['wall']:.1f} s): bench + array {cpu['ours']:.1f} s "
-        f"({cpu['ours'] / cpu['wall']:.2f} CPUs on average), other processes {cpu['others']:.1f} s "
-        f"({others:.2f} CPUs), stolen by the hypervisor {cpu['steal']:.1f} s"
-    )
-    if others > OTHERS_LIMIT:
-        line += f" — **other work shared the machine (> {OTHERS_LIMIT:.2f} CPUs): tails may be inflated**"
-    return line
-
-
 def report(
     samples: list[dict[str, Any]], p: dict[str, float], cpu: dict[str, float], args: argparse.Namespace, elapsed: float
 ) -> str:
@@ -673,14 +530,14 @@ def report(
             f"- machine: {m['nproc']} CPUs (nproc), {m['cpu']}, Linux {m['kernel']}",
             f"- software: Python {m['python']}, Twisted {m['twisted']}, {m['openssl']}, {m['reactor']}",
             f"- code: {codeUnderTest()}",
-            f"- command (repo root): `{command()}`",
+            f"- command (repo root): `{command('bench/failover_bench.py')}`",
             f"- run: arbiter + spa + spb (`twistd`, 127.0.0.1, TLS 1.3 mutual TLS on PB) for the whole run; "
             f"{args.trials} trials × {len(FAULTS)} faults; heartbeat {p['interval'] * 1000:.0f} ms × "
             f"{int(p['misses'])} misses, lease {p['lease'] * 1000:.0f} ms, maintenance check every "
             f"{p['checkInterval'] * 1000:.0f} ms (fall {int(p['fall'])}); faults on spa/spb: "
             + ", ".join(f"{f} {holders[f]}/{sum(1 for s in samples if s['fault'] == f) - holders[f]}" for f in FAULTS)
             + f"; wall time {elapsed:.1f} s",
-            cpuLine(cpu),
+            cpuLine(cpu, "during the trials", "bench + array", "tails may be inflated"),
             "- failover = arbiter's `last_move.acked_at` − `t0` (`time.time()` just before the fault); "
             "detection = `last_move.time` − `t0`; grant→ack = `acked_at` − `time`.  The polling of "
             "`GET /api/v1/array` is not in any figure.  With 20 trials p99 is interpolated between "
@@ -700,19 +557,6 @@ def report(
     )
 
 
-def record(text: str) -> None:
-    section = f"{START}\n{text.rstrip()}\n{END}"
-    current = RESULTS.read_text() if RESULTS.exists() else HEADER
-    start, end = current.find(START), current.find(END)
-    if start != -1 and end > start:
-        updated = current[:start] + section + current[end + len(END) :]
-    else:
-        updated = current.rstrip() + "\n\n" + section + "\n"
-    tmp = RESULTS.with_suffix(".md.failover.tmp")
-    tmp.write_text(updated)
-    os.replace(tmp, RESULTS)
-
-
 # -- main --------------------------------------------------------------------------
 
 
@@ -727,7 +571,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
         await harness.start()
         await settle(harness, timeout=60.0)
         p = parameters(harness)
-        window = CPUWindow(harness)
+        window = CPUWindow(harness, irqApart=False)
         samples: list[dict[str, Any]] = []
         for n in range(args.trials):
             for fault in FAULTS:
@@ -744,7 +588,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
         text = report(samples, p, cpu, args, time.monotonic() - began)
         print(text)
         if args.record:
-            record(text)
+            record(text, "failover-bench")
             print(f"recorded in {RESULTS.relative_to(REPO)}", file=sys.stderr)
         ok = True
     finally:
@@ -773,26 +617,7 @@ def main(reactor: Any, argv: list[str]) -> Deferred[None]:
     args = parser.parse_args(argv)
     if args.trials < 1:
         parser.error("--trials must be positive")
-    # Cancelling on the deadline raises inside run() (whatever it awaits at
-    # that moment), whose finally still stops every process.
-    d = ensureDeferred(run(reactor, args))
-    expired = []
-
-    def giveUp() -> None:
-        expired.append(True)
-        d.cancel()
-
-    timer = reactor.callLater(args.deadline, giveUp)
-
-    def done(result: Any) -> Any:
-        if timer.active():
-            timer.cancel()
-        if expired and isinstance(result, Failure):
-            print(f"failover_bench: gave up after the {args.deadline:g} s deadline", file=sys.stderr)
-            raise SystemExit(2)
-        return result
-
-    return d.addBoth(done)
+    return withDeadline(reactor, run(reactor, args), args.deadline, "failover_bench")
 
 
 if __name__ == "__main__":

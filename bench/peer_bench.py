@@ -31,41 +31,24 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
-import shlex
 import shutil
-import ssl
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from twisted.internet.defer import Deferred
+from twisted.internet.task import react
+from twisted.spread import banana, jelly
 
-import twisted  # noqa: E402
-from twisted.internet.defer import Deferred, ensureDeferred  # noqa: E402
-from twisted.internet.task import react  # noqa: E402
-from twisted.python.failure import Failure  # noqa: E402
-from twisted.spread import banana, jelly  # noqa: E402
+# From bench/ (on sys.path when run as a script); it puts the repository root there too.
+from _common import REPO, RESULTS, CPUWindow, codeUnderTest, command, cpuLine, machine, milliseconds
+from _common import percentile, record, withDeadline
 
-from spmgmt.config import readPeerSecret  # noqa: E402
-from spmgmt.peer.client import PeerClient  # noqa: E402
-from spmgmt.testing import ArrayHarness  # noqa: E402
-
-RESULTS = REPO / "bench" / "RESULTS.md"
-START = "<!-- peer-bench:start -->"
-END = "<!-- peer-bench:end -->"
-HEADER = """\
-# spmgmt benchmarks
-
-Figures from the scripts in `bench/`, recorded with their `--record` option.
-Each section says when, on which machine and with which command it was
-measured; rerun that command to compare.
-"""
+from spmgmt.config import readPeerSecret
+from spmgmt.peer.client import PeerClient
+from spmgmt.testing import ArrayHarness
 
 # Our own PeerClient's keepalive: long enough that it never fires during the
 # run, so every call on the connection is one that is timed.  (The SPs' own
@@ -74,17 +57,6 @@ BENCH_KEEPALIVE = 3600.0
 
 
 # -- statistics ------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The C{q}-th percentile (0..100), linear interpolation between ranks."""
-    s = sorted(values)
-    if not s:
-        raise ValueError("no samples")
-    k = (len(s) - 1) * q / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -98,7 +70,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.3f}"
+    return milliseconds(seconds, 3)
 
 
 # -- measurements ------------------------------------------------------------------
@@ -249,60 +221,6 @@ async def spbSeesSpa(harness: ArrayHarness) -> bool:
 # -- report ------------------------------------------------------------------------
 
 
-def machine() -> dict[str, str]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from twisted.internet import reactor
-
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "nproc": str(nproc),
-        "cpu": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "twisted": twisted.__version__,
-        "openssl": ssl.OPENSSL_VERSION,
-        "reactor": type(reactor).__module__ + "." + type(reactor).__name__,
-    }
-
-
-def codeUnderTest() -> str:
-    """The commit measured, and whether the package differed from it."""
-    import subprocess
-
-    def git(*argv: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", "-C", str(REPO), *argv], capture_output=True, text=True, timeout=10, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    head = git("rev-parse", "--short", "HEAD")
-    if not head:
-        return "not a git checkout"
-    changed = [line[3:] for line in git("status", "--porcelain", "--", "spmgmt", "twisted").splitlines()]
-    if not changed:
-        return f"commit {head}, package unmodified"
-    return f"commit {head} with local changes to {len(changed)} file(s) under spmgmt/ or twisted/"
-
-
-def command() -> str:
-    """The command line of this run, from the repository root."""
-    exe = Path(sys.executable)
-    try:
-        shown = str(exe.relative_to(REPO))
-    except ValueError:
-        shown = str(exe)
-    return " ".join([shown, "bench/peer_bench.py", *map(shlex.quote, sys.argv[1:])])
-
-
 def table(results: dict[str, Any]) -> str:
     lines = [
         "| measurement | n | p50 ms | p90 ms | p99 ms | max ms |",
@@ -341,19 +259,6 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def record(text: str) -> None:
-    section = f"{START}\n{text.rstrip()}\n{END}"
-    current = RESULTS.read_text() if RESULTS.exists() else HEADER
-    start, end = current.find(START), current.find(END)
-    if start != -1 and end > start:
-        updated = current[:start] + section + current[end + len(END) :]
-    else:
-        updated = current.rstrip() + "\n\n" + section + "\n"
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(updated)
-    os.replace(tmp, RESULTS)
-
-
 def report(results: dict[str, Any], args: argparse.Namespace, elapsed: float) -> str:
     m = machine()
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -367,13 +272,13 @@ def report(results: dict[str, Any], args: argparse.Namespace, elapsed: float) ->
             f"- machine: {m['nproc']} CPUs (nproc), {m['cpu']}, Linux {m['kernel']}",
             f"- software: Python {m['python']}, Twisted {m['twisted']}, {m['openssl']}, {m['reactor']}",
             f"- code: {codeUnderTest()}",
-            f"- command (repo root): `{command()}`",
+            f"- command (repo root): `{command('bench/peer_bench.py')}`",
             f"- run: two SPs (`twistd`, 127.0.0.1, TLS 1.3 mutual TLS on PB), "
             f"{args.warmup} + {args.samples} pings, {args.http_warmup} + {args.http_samples} pairs "
             f"per HTTPS loop, "
             f"{'one persistent HTTPS connection to spb throughout' if one else 'WARNING: the HTTPS connection to spb changed'}, "
             f"wall time {elapsed:.1f} s",
-            cpuLine(results["cpu"]),
+            cpuLine(results["cpu"], "while measuring", "bench + SPs", "figures are inflated"),
             f"- PB reply sizes (jelly + banana, before TLS): `ping` {sizes['ping']} B, `health` {sizes['health']} B",
             "",
             table(results),
@@ -382,22 +287,6 @@ def report(results: dict[str, Any], args: argparse.Namespace, elapsed: float) ->
             "",
         ]
     )
-
-
-#: Other processes' average CPU use (in CPUs) above which a run is flagged.
-OTHERS_LIMIT = 0.10
-
-
-def cpuLine(cpu: dict[str, float]) -> str:
-    others = cpu["others"] / cpu["wall"]
-    line = (
-        f"- CPU while measuring ({cpu['wall']:.1f} s): bench + SPs {cpu['ours']:.1f} s "
-        f"({cpu['ours'] / cpu['wall']:.2f} CPUs on average), other processes {cpu['others']:.1f} s "
-        f"({others:.2f} CPUs), interrupts {cpu['irq']:.1f} s, stolen by the hypervisor {cpu['steal']:.1f} s"
-    )
-    if others > OTHERS_LIMIT:
-        line += f" — **other work shared the machine (> {OTHERS_LIMIT:.2f} CPUs): figures are inflated**"
-    return line
 
 
 def breakdown(results: dict[str, Any]) -> list[str]:
@@ -423,52 +312,6 @@ def breakdown(results: dict[str, Any]) -> list[str]:
 # -- main --------------------------------------------------------------------------
 
 
-def _machineSeconds() -> dict[str, float]:
-    """
-    CPU seconds since boot of the whole machine: process time (user, nice,
-    system), interrupt time (irq, softirq: loopback networking lands there
-    too, charged to no process) and time stolen by the hypervisor.
-    """
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    tick = os.sysconf("SC_CLK_TCK")
-    return {"process": (user + nice + system) / tick, "irq": (irq + softirq) / tick, "steal": steal / tick}
-
-
-def _ourSeconds(harness: ArrayHarness) -> float:
-    """CPU seconds of this process and of the SPs (with their reaped commands)."""
-    times = os.times()
-    total = times.user + times.system
-    tick = os.sysconf("SC_CLK_TCK")
-    for spId in harness.spIds:
-        stat = Path(f"/proc/{harness.pid(spId)}/stat").read_text()
-        rest = stat[stat.rindex(")") + 2 :].split()
-        total += sum(int(v) for v in rest[11:15]) / tick  # utime stime cutime cstime
-    return total
-
-
-class CPUWindow:
-    """Who used the CPUs while the measurements ran: us, or someone else."""
-
-    def __init__(self, harness: ArrayHarness) -> None:
-        self._harness = harness
-        self._wall = time.monotonic()
-        self._machine = _machineSeconds()
-        self._ours = _ourSeconds(harness)
-
-    def close(self) -> dict[str, float]:
-        machine = _machineSeconds()
-        ours = _ourSeconds(self._harness) - self._ours
-        delta = {k: machine[k] - self._machine[k] for k in machine}
-        return {
-            "wall": time.monotonic() - self._wall,
-            "ours": ours,
-            "others": max(0.0, delta["process"] - ours),
-            "irq": delta["irq"],
-            "steal": delta["steal"],
-        }
-
-
 async def run(reactor: Any, args: argparse.Namespace) -> None:
     began = time.monotonic()
     directory = Path(tempfile.mkdtemp(prefix="spmgmt-bench-"))
@@ -478,7 +321,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
         harness = ArrayHarness(reactor, directory, spIds=("spa", "spb"))
         await harness.start()
         await harness.waitFor(lambda: spbSeesSpa(harness), 30.0, "spb to report spa reachable", "spb")
-        window = CPUWindow(harness)
+        window = CPUWindow(harness, irqApart=True)
         results: dict[str, Any] = {}
         results["ping"] = await pingBench(reactor, harness, args.warmup, args.samples)
         for what in ("health", "status"):
@@ -487,7 +330,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
         text = report(results, args, time.monotonic() - began)
         print(text)
         if args.record:
-            record(text)
+            record(text, "peer-bench")
             print(f"recorded in {RESULTS.relative_to(REPO)}", file=sys.stderr)
         ok = True
     finally:
@@ -520,26 +363,7 @@ def main(reactor: Any, argv: list[str]) -> Deferred[None]:
     args = parser.parse_args(argv)
     if min(args.samples, args.http_samples) < 1 or min(args.warmup, args.http_warmup) < 0:
         parser.error("sample counts must be positive and warm-up counts not negative")
-    # Cancelling on the deadline raises inside run() (whatever it awaits at
-    # that moment), whose finally still stops every process.
-    d = ensureDeferred(run(reactor, args))
-    expired = []
-
-    def giveUp() -> None:
-        expired.append(True)
-        d.cancel()
-
-    timer = reactor.callLater(args.deadline, giveUp)
-
-    def done(result: Any) -> Any:
-        if timer.active():
-            timer.cancel()
-        if expired and isinstance(result, Failure):
-            print(f"peer_bench: gave up after the {args.deadline:g} s deadline", file=sys.stderr)
-            raise SystemExit(2)
-        return result
-
-    return d.addBoth(done)
+    return withDeadline(reactor, run(reactor, args), args.deadline, "peer_bench")
 
 
 if __name__ == "__main__":
