@@ -566,6 +566,10 @@ def parseConfig(path: str | Path) -> ArrayConfig:
             raise table.fail("role", f"must be one of {', '.join(ROLES)}, not {token.role!r}")
         if not re.fullmatch(r"[0-9a-f]{64}", token.sha256):
             raise table.fail("sha256", "must be the hex SHA-256 of the token (64 hex digits)")
+        if any(u.name == token.name for u in users) or any(t.name == token.name for t in tokens):
+            # One namespace of roles: a token named like a user would hand
+            # the user the token's role.
+            raise table.fail("name", f"{token.name!r} is already a user or token name")
         table.done()
         tokens.append(token)
 

@@ -231,6 +231,14 @@ class ParseConfigTests(ConfigTestsMixin, SynchronousTestCase):
             BASE.replace('path = "var/', 'rise = 0\npath = "var/'), "checks[0].rise", "greater than 0"
         )
 
+    def test_tokenNamedLikeUser(self) -> None:
+        """A bearer token may not share a user's name (one role namespace)."""
+        self.assertConfigError(
+            BASE + '\n[[tokens]]\nname = "admin"\nrole = "monitor"\nsha256 = "' + "a" * 64 + '"\n',
+            "tokens[0].name",
+            "already a user or token name",
+        )
+
     def test_badRole(self) -> None:
         """A user's role is monitor or admin."""
         self.assertConfigError(BASE.replace('role = "admin"', 'role = "root"'), "users[0].role", "monitor, admin")

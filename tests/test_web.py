@@ -432,6 +432,16 @@ class RequestTests(WebTestCase):
             self.sample("spmgmt_http_requests_total", route="(unmatched)", method="GET", status="404"), 1.0
         )
 
+    def test_oddMethodsShareOneLabel(self) -> None:
+        """
+        Methods outside the usual set are counted under one label: any
+        token is a valid method, and each label value would be kept forever.
+        """
+        for method in (b"A1", b"A2", b"BREW"):
+            self.assertProblem(self.get(b"/healthz", None, method), 405)
+        self.assertEqual(self.sample("spmgmt_http_requests_total", route="(unmatched)", method="other", status="405"), 3.0)
+        self.assertIsNone(self.sample("spmgmt_http_requests_total", route="(unmatched)", method="A1", status="405"))
+
     def test_methodNotAllowed(self) -> None:
         """A known route with the wrong method answers 405 problem+json and an C{Allow} header."""
         response = self.get(b"/api/v1/sps/spa/status", MONITOR, b"DELETE")

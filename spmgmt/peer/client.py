@@ -273,10 +273,14 @@ class PeerClient(PBSession):
             return None
         return known[0], self._monotonic() - known[1]
 
-    async def call(self, method: str, *args: Any) -> Any:
+    async def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """
         Call C{method} on the peer; the value of its C{ok} reply.
 
+        @param timeout: how long to wait; the peer timeout by default.  A
+            long command passes its own run time: a hung peer is still found
+            within the peer timeout by the keepalive, which drops the
+            connection and so ends the call.
         @raise PeerUnavailable: not connected, or no answer within the timeout.
         @raise PeerRefused: the peer refused (an C{error} reply).
         @raise PeerFailed: the peer raised an unexpected error.
@@ -284,13 +288,16 @@ class PeerClient(PBSession):
         perspective = self.perspective
         if perspective is None:
             raise PeerUnavailable(self.peer, "not connected")
+        wait = self._timeout if timeout is None else timeout
         try:
             d = perspective.callRemote(method, *args)
-            d.addTimeout(self._timeout, self._reactor)
+            d.addTimeout(wait, self._reactor)
             reply = await d
-        except (TimeoutError, CancelledError):
-            self._abandon(perspective, f"no answer to {method} within {self._timeout}s")
-            raise PeerUnavailable(self.peer, f"no answer within {self._timeout}s") from None
+        except CancelledError:
+            raise  # our caller gave up (its client left): the peer is fine
+        except TimeoutError:
+            self._abandon(perspective, f"no answer to {method} within {wait}s")
+            raise PeerUnavailable(self.peer, f"no answer within {wait}s") from None
         except (pb.PBConnectionLost, pb.DeadReferenceError):
             raise PeerUnavailable(self.peer, "the connection was lost") from None
         except Exception as e:

@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from spmgmt.commands import CommandResult, UnknownCommand, buildArgv, runCommand, validateParameters
@@ -181,7 +183,13 @@ class SPAgent:
         every mode: an unhealthy SP must still be able to say how it is.
         """
         result = await self._run(self.config.status, list(self.config.status.argv))
-        facts = hostFacts(self.config.stateDirFor(self.sp.id), self.monotonic() - self._startedAt)
+        # In a thread: statvfs can hang on a dead mount, procfs reads can stall.
+        # (A reactor without threads, a test's fake, runs it inline.)
+        args = (self.config.stateDirFor(self.sp.id), self.monotonic() - self._startedAt)
+        if IReactorThreads.providedBy(self.reactor):
+            facts = await deferToThreadPool(self.reactor, self.reactor.getThreadPool(), hostFacts, *args)
+        else:
+            facts = hostFacts(*args)
         health = self.healthSnapshot()
         return {
             "sp": self.sp.id,

@@ -45,6 +45,7 @@ from spmgmt.sp.participant import Participant
 from spmgmt.sp.refusals import problemFor, refusal
 
 _log = Logger()
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _CHALLENGE = b'Basic realm="spmgmt", charset="UTF-8", Bearer realm="spmgmt"'
 JSON = b"application/json"
 
@@ -284,7 +285,7 @@ class ManagementWeb:
     def _local(self, value: dict[str, Any]) -> dict[str, Any]:
         return {**value, "collected_by": self._agent.sp.id, "via": self._agent.sp.id}
 
-    async def _relay(self, sp: str, method: str, *args: Any) -> dict[str, Any]:
+    async def _relay(self, sp: str, method: str, *args: Any, timeout: float | None = None) -> dict[str, Any]:
         """
         Ask the peer C{sp} over PB; its answer with C{collected_by} and
         C{via}.  A peer that does not answer within the peer timeout gives
@@ -293,7 +294,9 @@ class ManagementWeb:
         client = self._peers[sp]
         via = self._agent.sp.id
         try:
-            value = await client.call(method, *args)
+            # Shielded: a client that leaves must not cancel the PB call
+            # (nor be mistaken for a hung peer).
+            value = await _shielded(Deferred.fromCoroutine(client.call(method, *args, timeout=timeout)))
         except PeerUnavailable as e:
             known = client.lastKnown(method)
             if known is None and client.lastSummary is not None and client.lastSeen is not None:
@@ -380,8 +383,11 @@ class ManagementWeb:
             raise Problem(503, "No arbiter is configured.")
         try:
             reply = await _shielded(Deferred.fromCoroutine(self._participant.switchover(to)))
-        except Exception as e:
-            raise Problem(504, f"The arbiter did not answer: {e}") from None
+        except CancelledError:
+            raise
+        except Exception:
+            _log.failure("switchover through the arbiter failed")
+            raise Problem(504, "The arbiter did not confirm the switchover; see the SP's log.") from None
         if "error" in reply:
             refused = reply["error"] if isinstance(reply["error"], dict) else {}
             code = 504 if refused.get("kind") == "switchover_unconfirmed" else 409
@@ -439,7 +445,10 @@ class ManagementWeb:
             # applies its own rules.
             if not self._agent.healthy:
                 self._agent.checkAllowed(self._agent.command(name))
-            relayed = self._relay(sp, "runCommand", name, params, self._agent.epoch)
+            command = self._agent.config.commands.get(name)
+            # The peer may run it for its whole timeout, then kill it.
+            wait = None if command is None else command.timeout + command.kill_grace + self._agent.config.peer.timeout
+            relayed = self._relay(sp, "runCommand", name, params, self._agent.epoch, timeout=wait)
             result = await _shielded(self._holdActive(request, Deferred.fromCoroutine(relayed)))
         _log.info(
             "{user} ran {command} on {sp} via {via}: rc={rc}",
@@ -652,7 +661,11 @@ class SPRequest(Request):
     def finish(self) -> None:
         metrics = self.channel.site.agent.metrics if self.channel is not None else None
         if metrics is not None and hasattr(self, "_started"):
+            # A fixed set: any token is a valid method, and each label value
+            # is a new series held forever.
             method = self.method.decode("ascii", "replace") if self.method else "?"
+            if method not in _METHODS:
+                method = "other"
             metrics.requests.labels(self.spmgmtRoute, method, str(self.code)).inc()
             metrics.latency.labels(self.spmgmtRoute).observe(time.monotonic() - self._started)
         super().finish()
