@@ -21,7 +21,7 @@ from typing import Any, Callable
 from attrs import frozen
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials, IUsernamePassword, UsernamePassword
-from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -84,6 +84,8 @@ class PasswordHashChecker:
     """
 
     credentialInterfaces = (IUsernamePassword,)
+    #: scrypt checks queued or running at most; more are refused (busy).
+    maxPending = 32
 
     def __init__(
         self,
@@ -92,8 +94,11 @@ class PasswordHashChecker:
         cacheSeconds: float = 60.0,
         cacheSize: int = 1024,
         check: Callable[[str, str], bool] = checkPassword,
+        threadPool: Any = None,
     ) -> None:
         self._reactor = reactor
+        self._threadPool = threadPool
+        self._pending = 0
         self._hashes = hashes
         self._cacheSeconds = cacheSeconds
         self._cacheSize = cacheSize
@@ -129,14 +134,21 @@ class PasswordHashChecker:
                 self._cache.popitem(last=False)
             return user
 
-        d = deferToThreadPool(
-            self._reactor,
-            self._reactor.getThreadPool(),
-            self._check,
-            password.decode("utf-8", "replace"),
-            stored,
-        )
-        return d.addCallback(checked)
+        if self._pending >= self.maxPending:
+            # A flood of logins waits for nobody: refuse at once rather than
+            # queue scrypt work without bound.
+            from twisted.internet.defer import fail
+
+            return fail(AuthBusy())
+        self._pending += 1
+
+        def done(result: Any) -> Any:
+            self._pending -= 1
+            return result
+
+        pool = self._threadPool if self._threadPool is not None else self._reactor.getThreadPool()
+        d = deferToThreadPool(self._reactor, pool, self._check, password.decode("utf-8", "replace"), stored)
+        return d.addBoth(done).addCallback(checked)
 
 
 @implementer(ICredentialsChecker)
@@ -162,17 +174,35 @@ class BearerTokenChecker:
         return succeed(found)
 
 
-def portalFromConfig(reactor: Any, config: ArrayConfig) -> Portal:
+def portalFromConfig(reactor: Any, config: ArrayConfig, threadPool: Any = None) -> Portal:
     """The portal for the users and tokens of C{config}."""
     roles = {u.name: u.role for u in config.users}
     roles.update({t.name: t.role for t in config.tokens})
     return Portal(
         RoleRealm(roles),
         [
-            PasswordHashChecker(reactor, {u.name: u.password_hash for u in config.users}),
+            PasswordHashChecker(reactor, {u.name: u.password_hash for u in config.users}, threadPool=threadPool),
             BearerTokenChecker({t.name: t.sha256 for t in config.tokens}),
         ],
     )
+
+
+class AuthBusy(LoginFailed):
+    """Too many password checks are waiting; try again shortly."""
+
+
+def authThreadPool(reactor: Any) -> Any:
+    """
+    A small thread pool of its own for scrypt, started and stopped with the
+    reactor: a login flood must not starve the reactor's shared pool, which
+    health checks and status facts rely on.
+    """
+    from twisted.python.threadpool import ThreadPool
+
+    pool = ThreadPool(minthreads=0, maxthreads=2, name="spmgmt-auth")
+    reactor.callWhenRunning(pool.start)
+    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+    return pool
 
 
 class BadAuthorizationHeader(Exception):

@@ -624,3 +624,32 @@ class PasswordsTests(SynchronousTestCase):
         )
         self.assertEqual((done.returncode, done.stderr), (0, b""))
         self.assertTrue(checkPassword("from-stdin", done.stdout.decode().strip()))
+
+
+class LoginFloodTests(SynchronousTestCase):
+    """Password checks waiting for their thread are bounded."""
+
+    def test_busyBeyondMaxPending(self) -> None:
+        """
+        Past C{maxPending} queued checks a login fails at once with
+        L{AuthBusy} (answered 503), without queueing more scrypt work; once
+        the queue drains, logins are checked again.
+        """
+        from twisted.cred.credentials import UsernamePassword
+
+        from spmgmt.auth import AuthBusy, PasswordHashChecker
+
+        reactor = FakeThreadReactor(synchronous=False)
+        checker = PasswordHashChecker(reactor, {"admin": "x"}, check=CountingCheck(True))
+        waiting = [
+            checker.requestAvatarId(UsernamePassword(b"admin", b"pw%d" % i)) for i in range(checker.maxPending)
+        ]
+        refused = checker.requestAvatarId(UsernamePassword(b"admin", b"one more"))
+        self.failureResultOf(refused, AuthBusy)
+        self.assertEqual(reactor.pool.submitted, checker.maxPending)
+        reactor.pool.runPending()
+        for d in waiting:
+            self.assertEqual(self.successResultOf(d), b"admin")
+        later = checker.requestAvatarId(UsernamePassword(b"admin", b"later"))
+        reactor.pool.runPending()
+        self.assertEqual(self.successResultOf(later), b"admin")

@@ -16,7 +16,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from spmgmt.auth import FailureLimiter, portalFromConfig
+from spmgmt.auth import FailureLimiter, authThreadPool, portalFromConfig
 from spmgmt.config import ArrayConfig, SPConfig, readPeerSecret
 from spmgmt.health import HealthMonitor, buildChecks
 from spmgmt.peer.client import PeerClient
@@ -92,7 +92,11 @@ def makeSPService(reactor: Any, config: ArrayConfig, sp: SPConfig) -> MultiServi
         )
         participant.setServiceParent(top)
     web = ManagementWeb(
-        agent, portalFromConfig(reactor, config), FailureLimiter(reactor), peers, participant
+        agent,
+        portalFromConfig(reactor, config, authThreadPool(reactor)),
+        FailureLimiter(reactor),
+        peers,
+        participant,
     )
 
     # One kept-alive connection: no per-probe connection churn in the log.

@@ -31,6 +31,7 @@ from zope.interface import implementer
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from spmgmt.auth import (
+    AuthBusy,
     BadAuthorizationHeader,
     FailureLimiter,
     IPrincipal,
@@ -266,6 +267,8 @@ class ManagementWeb:
             raise Problem(401, "Credentials are required.", headers=unauthorized)
         try:
             _, principal, _ = await self._portal.login(credentials, None, IPrincipal)
+        except AuthBusy:
+            raise Problem(503, "Too many logins are being checked; retry shortly.", headers={b"Retry-After": b"1"}) from None
         except LoginFailed:
             self._limiter.failed(peer)
             raise Problem(401, "The credentials were not accepted.", headers=unauthorized) from None
