@@ -174,6 +174,7 @@ class TokenPolicyConfig:
 class LimitsConfig:
     max_body: int
     idle_timeout: float
+    max_commands: int
 
 
 @frozen
@@ -596,6 +597,7 @@ def parseConfig(path: str | Path) -> ArrayConfig:
     limitsConfig = LimitsConfig(
         max_body=limits.positive("max_body", int, 1024 * 1024),
         idle_timeout=limits.positive("idle_timeout", float, 3600.0),
+        max_commands=limits.positive("max_commands", int, 16),
     )
     limits.done()
 

@@ -945,3 +945,44 @@ class EpochStampTests(SynchronousTestCase):
         self.assertTrue(agent.isActive())
         agent.roleState, accepted = role.granted(agent.roleState, 4, 10.0)
         self.assertTrue(accepted)
+
+
+class CommandLimitTests(SynchronousTestCase):
+    """Commands run at most C{max_commands} at once, with as many waiting."""
+
+    def test_busy(self) -> None:
+        """
+        With every slot taken and as many waiting, the next run is refused
+        as busy (503); a finished run lets a waiting one start.
+        """
+        import attrs
+
+        from spmgmt.sp import agent as agentModule
+        from spmgmt.sp.agent import Busy
+
+        started: list[Deferred[CommandResult]] = []
+
+        def fakeRun(reactor: Any, command: Any, argv: Any, monotonic: Any = None) -> Deferred[CommandResult]:
+            d: Deferred[CommandResult] = Deferred()
+            started.append(d)
+            return d
+
+        self.patch(agentModule, "runCommand", fakeRun)
+        config = arrayConfig()
+        config = attrs.evolve(config, limits=attrs.evolve(config.limits, max_commands=2))
+        agent = SPAgent(MemoryReactorClock(), config, config.sp("spa"))
+        runs = [agent.runCommand("uptime", {}) for _ in range(4)]
+        self.assertEqual(len(started), 2)
+        self.failureResultOf(agent.runCommand("uptime", {}), Busy)
+        started[0].callback(result("uptime"))
+        self.assertEqual(self.successResultOf(runs[0]).rc, 0)
+        self.assertEqual(len(started), 3)
+        for d in runs[1:]:
+            self.assertNoResult(d)
+        while len([d for d in started if not d.called]):
+            next(d for d in started if not d.called).callback(result("uptime"))
+        self.assertEqual([self.successResultOf(d).rc for d in runs[1:]], [0, 0, 0])
+
+        from spmgmt.sp.refusals import problemFor, refusal
+
+        self.assertEqual(problemFor(refusal(Busy()), []).status, 503)

@@ -62,6 +62,12 @@ def _reply(value: Any) -> dict[str, Any]:
     return ok(value)
 
 
+def _refused(failure: Any) -> Any:
+    """A refusal that surfaced while running (busy) as an error reply."""
+    refused = refusal(failure.value)
+    return failure if refused is None else {"error": refused}
+
+
 class PeerAvatar(pb.Avatar):
     """
     What a logged-in peer may ask of this SP.  Arguments come from the
@@ -82,7 +88,7 @@ class PeerAvatar(pb.Avatar):
         return _reply(self._agent.health())
 
     def perspective_status(self) -> Deferred[dict[str, Any]]:
-        return Deferred.fromCoroutine(self._agent.status()).addCallback(_reply)
+        return Deferred.fromCoroutine(self._agent.status()).addCallbacks(_reply, _refused)
 
     def perspective_runCommand(self, name: object, params: object, epoch: object) -> Any:
         if not isinstance(name, str) or len(name) > 64:
@@ -97,7 +103,7 @@ class PeerAvatar(pb.Avatar):
                 raise
             return {"error": refused}
         _log.info("peer {peer} runs {command}", peer=self.peer, command=name)
-        return d.addCallback(lambda result: _reply(result.asJSON()))
+        return d.addCallbacks(lambda result: _reply(result.asJSON()), _refused)
 
 
 @implementer(IRealm)

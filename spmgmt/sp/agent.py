@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from attrs import define, field
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -46,6 +46,10 @@ class RequiresActive(Exception):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.name = name
+
+
+class Busy(Exception):
+    """As many commands as allowed are running and as many again wait."""
 
 
 class StaleEpoch(Exception):
@@ -88,10 +92,14 @@ class SPAgent:
     healthSnapshot: Callable[[], dict[str, Any]] = lambda: {"healthy": True, "checks": []}
     _modeListeners: list[Callable[[str], None]] = field(factory=list)
     _startedAt: float = field(init=False)
+    _runs: DeferredSemaphore = field(init=False)
     _log: Logger = field(init=False, factory=Logger)
 
     def __attrs_post_init__(self) -> None:
         self._startedAt = self.monotonic()
+        # Every command (the status command too) is a process and three
+        # pipes: bounded, so requests cannot exhaust processes or fds.
+        self._runs = DeferredSemaphore(self.config.limits.max_commands)
         self.metrics.healthy.set(1)
         self.metrics.serviceMode.set(0)
 
@@ -250,7 +258,13 @@ class SPAgent:
         return Deferred.fromCoroutine(self._run(command, argv))
 
     async def _run(self, command: CommandConfig, argv: list[str]) -> CommandResult:
-        result = await runCommand(self.reactor, command, argv, monotonic=self.monotonic)
+        if len(self._runs.waiting) >= self._runs.limit:
+            raise Busy()
+        await self._runs.acquire()
+        try:
+            result = await runCommand(self.reactor, command, argv, monotonic=self.monotonic)
+        finally:
+            self._runs.release()
         outcome = "timeout" if result.timed_out else ("ok" if result.rc == 0 else "failed")
         self.metrics.commandRuns.labels(command.name, outcome).inc()
         self.metrics.commandSeconds.labels(command.name).observe(result.duration_s)

@@ -13,7 +13,7 @@ from typing import Any
 
 from spmgmt.commands import InvalidParameters, UnknownCommand
 from spmgmt.problem import Problem
-from spmgmt.sp.agent import SERVICE, NotInServiceMode, RequiresActive, StaleEpoch
+from spmgmt.sp.agent import SERVICE, Busy, NotInServiceMode, RequiresActive, StaleEpoch
 
 
 def _error(kind: str, detail: str, **extra: Any) -> dict[str, Any]:
@@ -36,6 +36,8 @@ def refusal(e: BaseException) -> dict[str, Any] | None:
         return _error("requires_active", f"{e.name!r} runs only on the active SP.", command=e.name)
     if isinstance(e, StaleEpoch):
         return _error("stale_epoch", str(e), epoch=e.epoch, newest=e.newest)
+    if isinstance(e, Busy):
+        return _error("busy", "Too many commands are running here; retry shortly.")
     return None
 
 
@@ -45,6 +47,7 @@ _STATUS = {
     "not_in_service_mode": 503,
     "requires_active": 409,
     "stale_epoch": 409,
+    "busy": 503,
 }
 
 
