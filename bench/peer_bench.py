@@ -23,7 +23,8 @@ Run from the repository root::
     .venv/bin/python bench/peer_bench.py [--samples N] [--record]
 
 C{--record} rewrites the section between the peer-bench markers in
-C{bench/RESULTS.md}.  Every process is stopped at the end, on error too, and
+C{bench/RESULTS.md}, unless other processes used more than 0.10 CPUs on
+average while measuring (exit status 3; C{--force-record} records anyway).  Every process is stopped at the end, on error too, and
 the whole run is bounded by C{--deadline} seconds.
 """
 
@@ -43,7 +44,7 @@ from twisted.internet.task import react
 from twisted.spread import banana, jelly
 
 # From bench/ (on sys.path when run as a script); it puts the repository root there too.
-from _common import REPO, RESULTS, CPUWindow, codeUnderTest, command, cpuLine, machine, milliseconds
+from _common import OTHERS_LIMIT, REPO, RESULTS, CPUWindow, codeUnderTest, command, cpuLine, machine, milliseconds
 from _common import percentile, record, withDeadline
 
 from spmgmt.config import readPeerSecret
@@ -329,10 +330,18 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
         results["cpu"] = window.close()
         text = report(results, args, time.monotonic() - began)
         print(text)
+        ok = True
         if args.record:
+            cpu = results["cpu"]
+            if cpu["others"] / cpu["wall"] > OTHERS_LIMIT and not args.force_record:
+                print(
+                    f"not recorded: other processes used more than {OTHERS_LIMIT:g} CPUs on average while "
+                    "measuring; rerun on a quiet machine (or pass --force-record)",
+                    file=sys.stderr,
+                )
+                raise SystemExit(3)
             record(text, "peer-bench")
             print(f"recorded in {RESULTS.relative_to(REPO)}", file=sys.stderr)
-        ok = True
     finally:
         if harness is not None:
             if not ok:
@@ -353,7 +362,12 @@ def main(reactor: Any, argv: list[str]) -> Deferred[None]:
         "--http-samples", type=int, default=300, help="timed local/relayed pairs per HTTPS loop (default 300)"
     )
     parser.add_argument("--http-warmup", type=int, default=30, help="untimed pairs first (default 30)")
-    parser.add_argument("--record", action="store_true", help="write the results into bench/RESULTS.md")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="write the results into bench/RESULTS.md, unless other processes disturbed the run",
+    )
+    parser.add_argument("--force-record", action="store_true", help="with --record: record even a disturbed run")
     parser.add_argument(
         "--keep", action="store_true", help="keep the array directory (config, PKI, SP logs) afterwards"
     )
