@@ -103,12 +103,14 @@ def initial(persistedEpoch: int, now: float, lastHolder: str | None = None) -> A
 
 
 @frozen
-class Joined:
+class Heartbeat:
     """
-    An SP logged in (again).  C{holds}: the epoch it holds as active now;
+    An SP's periodic word.  C{holds}: the epoch it holds as active now;
     C{claim}: the last epoch it was granted and not revoked (it keeps that
     after stepping down on its lease, so a restarted arbiter can hand the
-    token back to it without a new epoch).
+    token back without a new epoch); C{newest}: the newest epoch it has
+    seen (so an arbiter that lost its epoch file learns how far epochs
+    went).
     """
 
     sp: str
@@ -120,19 +122,8 @@ class Joined:
 
 
 @frozen
-class Heartbeat:
-    """
-    An SP's periodic word: health, the epoch it holds, its claim, and the
-    newest epoch it has seen (which lets an arbiter that lost its epoch
-    file learn how far epochs have gone).
-    """
-
-    sp: str
-    healthy: bool
-    holds: int | None
-    now: float
-    claim: int | None = None
-    newest: int | None = None
+class Joined(Heartbeat):
+    """The first heartbeat of a new login (the SP joined, or came back)."""
 
 
 @frozen
@@ -168,7 +159,7 @@ class Switchover:
     now: float
 
 
-Input = Union[Joined, Heartbeat, Disconnected, GrantAcked, PersistFailed, Tick, Switchover]
+Input = Union[Heartbeat, Disconnected, GrantAcked, PersistFailed, Tick, Switchover]
 
 # -- effects -------------------------------------------------------------------
 
@@ -306,7 +297,7 @@ def step(state: ArbiterState, event: Input, policy: Policy) -> tuple[ArbiterStat
     reason = "no active SP"
     previous: str | None = None
 
-    if isinstance(event, (Joined, Heartbeat)):
+    if isinstance(event, Heartbeat):
         if event.newest is not None and event.newest > state.issued and state.holder is None:
             # Epochs went further than this arbiter knows (its epoch file
             # was lost): never issue one of them again.  The next grant is
