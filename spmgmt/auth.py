@@ -278,3 +278,9 @@ class FailureLimiter:
         self._peers.move_to_end(peer)
         while len(self._peers) > self._maxPeers:
             self._peers.popitem(last=False)
+
+    def forgive(self, peer: str) -> None:
+        """Take back one failure of C{peer} (a login counted while in flight succeeded)."""
+        entry = self._current(peer)
+        if entry is not None and entry.failures > 0:
+            self._peers[peer] = _Window(entry.start, entry.failures - 1)

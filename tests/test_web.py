@@ -986,3 +986,47 @@ class CommandLimitTests(SynchronousTestCase):
         from spmgmt.sp.refusals import problemFor, refusal
 
         self.assertEqual(problemFor(refusal(Busy()), []).status, 503)
+
+
+class ParallelGuessTests(WebTestCase):
+    """Guesses sent in parallel from one address all count against it."""
+
+    def test_inFlightLoginsCount(self) -> None:
+        """
+        With C{maxFailures} logins still being checked, the next one from the
+        same address answers 429 before any of them finished; a login that
+        succeeds takes its count back.
+        """
+        from twisted.cred.checkers import ICredentialsChecker
+        from twisted.cred.credentials import IUsernamePassword
+        from zope.interface import implementer
+
+        from spmgmt.auth import RoleRealm
+
+        pending: list[Deferred[bytes]] = []
+
+        @implementer(ICredentialsChecker)
+        class SlowChecker:
+            credentialInterfaces = (IUsernamePassword,)
+
+            def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
+                d: Deferred[bytes] = Deferred()
+                pending.append(d)
+                return d
+
+        self.setUpWeb(portal=Portal(RoleRealm({"admin": "admin"}), [SlowChecker()]), maxFailures=3)
+        connections = [self.connect() for _ in range(4)]
+        for protocol, _ in connections[:3]:
+            protocol.dataReceived(request(b"GET", b"/api/v1/sps/spa/health", {b"Authorization": ADMIN}))
+        self.assertEqual(len(pending), 3)
+        protocol, transport = connections[3]
+        protocol.dataReceived(request(b"GET", b"/api/v1/sps/spa/health", {b"Authorization": ADMIN}))
+        [refused] = parseResponses(transport.value())
+        self.assertEqual(refused.code, 429)
+        self.assertEqual(len(pending), 3)
+        for d in pending:
+            d.callback(b"admin")
+        for _, transport in connections[:3]:
+            [answer] = parseResponses(transport.value())
+            self.assertEqual(answer.code, 200)
+        self.assertIsNone(self.limiter.retryAfter(PEER.host))

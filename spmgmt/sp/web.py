@@ -265,13 +265,20 @@ class ManagementWeb:
             raise Problem(401, str(e), headers=unauthorized) from None
         if credentials is None:
             raise Problem(401, "Credentials are required.", headers=unauthorized)
+        # Counted as a failure until it succeeds: guesses sent in parallel
+        # all count, not just those that finished before the next began.
+        self._limiter.failed(peer)
         try:
             _, principal, _ = await self._portal.login(credentials, None, IPrincipal)
         except AuthBusy:
+            self._limiter.forgive(peer)
             raise Problem(503, "Too many logins are being checked; retry shortly.", headers={b"Retry-After": b"1"}) from None
         except LoginFailed:
-            self._limiter.failed(peer)
             raise Problem(401, "The credentials were not accepted.", headers=unauthorized) from None
+        except BaseException:
+            self._limiter.forgive(peer)
+            raise
+        self._limiter.forgive(peer)
         if not principal.mayAct(role):
             raise Problem(403, f"This needs the {role} role; {principal.name} is {principal.role}.")
         return principal
