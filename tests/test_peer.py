@@ -25,7 +25,6 @@ from OpenSSL.crypto import X509
 from twisted.cred.credentials import Anonymous, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -35,7 +34,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from spmgmt.commands import CommandResult, InvalidParameters, UnknownCommand
 from spmgmt.config import readPeerSecret
-from spmgmt.peer import client as clientModule
 from spmgmt.peer._common import (
     MAX_DEPTH,
     MAX_MESSAGE_BYTES,
@@ -772,18 +770,14 @@ class InMemoryLink:
         config = array.config
         self.reactor = MemoryReactorClock()
         reactor = self.reactor
-        # Idle timers and TLS write batching on the test's clock, not the
-        # global reactor.
-        test.patch(GuardedBroker, "callLater", lambda broker, delay, f: reactor.callLater(delay, f))
-        test.patch(
-            clientModule,
-            "wrapClientTLS",
-            lambda creator, endpoint, clock=None: wrapClientTLS(creator, endpoint, clock=reactor),
-        )
-        spa, spb = config.sp("spa"), config.sp("spb")
+        # Idle timers and TLS write batching run on the clock each side is
+        # given (the client gets the test's reactor below).
+        spa = config.sp("spa")
         self.secret = peerSecret()
         self.agent = makeAgent(reactor)
-        pbFactory = PeerServerFactory(peerPortal(self.agent, {"spb"}, self.secret), idleTimeout=10.0)
+        pbFactory = PeerServerFactory(
+            peerPortal(self.agent, {"spb"}, self.secret), idleTimeout=10.0, clock=reactor
+        )
         context = serverOptions(spa.cert, spa.key, config.ca, requireClientCertificate=True, tls13Only=True)
         reactor.listenTCP(spa.pb.port, tlsServerFactory(pbFactory, context, reactor=reactor))
         self.client = PeerClient(

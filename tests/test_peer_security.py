@@ -32,6 +32,7 @@ from spmgmt.peer._common import MAX_MESSAGE_BYTES, securityOptions
 from spmgmt.pki import certificatePEM, createCA, issueCertificate, keyPEM
 from spmgmt.testing import ArrayHarness, ArrayTestMixin
 from spmgmt.tls import clientOptions
+from tests.test_peer import encode, listHeader
 
 
 async def outcome(d: Deferred[Any], timeout: float = 10.0) -> Any:
@@ -46,16 +47,6 @@ def sleep(seconds: float) -> Deferred[None]:
 
 
 # -- banana bytes, built by hand so the client's own encoder limits don't apply --
-
-
-def encode(*items: Any) -> bytes:
-    return b"".join(banana.encode(item) for item in items)
-
-
-def listHeader(length: int) -> bytes:
-    out: list[bytes] = []
-    banana.int2b128(length, out.append)
-    return b"".join(out) + banana.LIST
 
 
 def stringHeader(length: int) -> bytes:

@@ -9,11 +9,9 @@ import datetime
 import io
 import ipaddress
 import os
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from cryptography import x509
@@ -33,18 +31,7 @@ from spmgmt.pki import (
     keyPEM,
     main,
 )
-
-
-def _temporaryDirectory(testCase: SynchronousTestCase) -> Path:
-    """
-    A new empty directory, removed after the test.
-
-    Not C{self.mktemp()}: outside trial's runner (under pytest) it makes its
-    directories under the current directory, that is in the checkout.
-    """
-    path = Path(tempfile.mkdtemp(prefix="spmgmt-test-"))
-    testCase.addCleanup(shutil.rmtree, path, ignore_errors=True)
-    return path
+from spmgmt.testing import temporaryDirectory
 
 
 def _loadCertificate(path: Path) -> x509.Certificate:
@@ -61,7 +48,7 @@ class EnsurePKITests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.directory = _temporaryDirectory(self) / "pki"
+        self.directory = temporaryDirectory(self) / "pki"
 
     def test_createsFiles(self) -> None:
         """
@@ -286,7 +273,7 @@ class EnsurePKITests(SynchronousTestCase):
         A directory that cannot be created is reported in one line, as
         L{PKIError}.
         """
-        regularFile = _temporaryDirectory(self) / "file"
+        regularFile = temporaryDirectory(self) / "file"
         regularFile.write_bytes(b"")
         error = self.assertRaises(PKIError, ensurePKI, regularFile / "pki", ["spa"])
         self.assertEqual(str(error), f"cannot write {regularFile / 'pki'}: Not a directory")
@@ -361,7 +348,7 @@ class MainTests(SynchronousTestCase):
         L{main} makes the PKI in C{--out}, prints each created file and
         exits 0.
         """
-        directory = _temporaryDirectory(self) / "pki"
+        directory = temporaryDirectory(self) / "pki"
         self.assertEqual(main(["--out", str(directory), "spa", "proxy"]), 0)
         self.assertEqual(
             self.stdout.getvalue().splitlines(),
@@ -377,7 +364,7 @@ class MainTests(SynchronousTestCase):
         C{--host} replaces the default extra SANs and C{--days} sets the
         lifetime.
         """
-        directory = _temporaryDirectory(self) / "pki"
+        directory = temporaryDirectory(self) / "pki"
         main(["--out", str(directory), "--host", "192.0.2.1", "--days", "10", "spa"])
         leaf = _loadCertificate(directory / "spa.pem")
         sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -392,7 +379,7 @@ class MainTests(SynchronousTestCase):
         """
         When every file exists, L{main} says so and exits 0.
         """
-        directory = _temporaryDirectory(self) / "pki"
+        directory = temporaryDirectory(self) / "pki"
         main(["--out", str(directory), "spa"])
         self.stdout.truncate(0)
         self.stdout.seek(0)
@@ -404,7 +391,7 @@ class MainTests(SynchronousTestCase):
         A directory under a regular file gives one line on stderr and exit
         status 1.
         """
-        regularFile = _temporaryDirectory(self) / "file"
+        regularFile = temporaryDirectory(self) / "file"
         regularFile.write_bytes(b"")
         self.assertEqual(main(["--out", str(regularFile / "pki"), "spa"]), 1)
         self.assertEqual(
@@ -418,7 +405,7 @@ class MainTests(SynchronousTestCase):
         C{python -m spmgmt.pki} reports an error in exactly one line, without
         a traceback, and exits 1.
         """
-        regularFile = _temporaryDirectory(self) / "file"
+        regularFile = temporaryDirectory(self) / "file"
         regularFile.write_bytes(b"")
         result = subprocess.run(
             [sys.executable, "-m", "spmgmt.pki", "--out", str(regularFile / "pki"), "spa"],

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from spmgmt.pki import certificatePEM, createCA, ensurePKI, issueCertificate, keyPEM
+from spmgmt.testing import temporaryDirectory
 from spmgmt.tls import (
     TLSConfigurationError,
     certificateIdentity,
@@ -50,18 +49,6 @@ from spmgmt.tls import (
     serverOptions,
     tlsServerFactory,
 )
-
-
-def _temporaryDirectory(testCase: SynchronousTestCase) -> Path:
-    """
-    A new empty directory, removed after the test.
-
-    Not C{self.mktemp()}: outside trial's runner (under pytest) it makes its
-    directories under the current directory, that is in the checkout.
-    """
-    path = Path(tempfile.mkdtemp(prefix="spmgmt-test-"))
-    testCase.addCleanup(shutil.rmtree, path, ignore_errors=True)
-    return path
 
 
 @implementer(IHandshakeListener)
@@ -165,7 +152,7 @@ class _PKITestCase(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.pki = _temporaryDirectory(self)
+        self.pki = temporaryDirectory(self)
         ensurePKI(self.pki, ["spa", "spb"])
         self.ca = self.pki / "ca.pem"
 

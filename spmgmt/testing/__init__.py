@@ -92,6 +92,21 @@ requires_active = true
 """
 
 
+def temporaryDirectory(testCase: Any) -> Path:
+    """
+    A new empty directory, removed after the test.
+
+    Not C{self.mktemp()}: outside trial's runner (under pytest) it makes its
+    directories under the current directory, that is in the checkout.
+    """
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="spmgmt-test-"))
+    testCase.addCleanup(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def freePorts(count: int) -> list[int]:
     """
     C{count} distinct ephemeral TCP ports on 127.0.0.1 that were free a
