@@ -30,6 +30,7 @@ from zope.interface import Interface, implementer
 
 from spmgmt.config import ArrayConfig
 from spmgmt.passwords import checkPassword
+from spmgmt.problem import Problem
 
 ROLE_RANK = {"monitor": 1, "admin": 2}
 
@@ -284,3 +285,47 @@ class FailureLimiter:
         entry = self._current(peer)
         if entry is not None and entry.failures > 0:
             self._peers[peer] = _Window(entry.start, entry.failures - 1)
+
+
+_CHALLENGE = b'Basic realm="spmgmt", charset="UTF-8", Bearer realm="spmgmt"'
+
+
+async def authenticate(portal: Portal, limiter: "FailureLimiter", request: Any, role: str) -> Principal:
+    """
+    The principal of C{request}'s credentials, if it may act as C{role};
+    else a L{Problem} (401, 403, 429 after repeated failures from one
+    address, 503 while too many logins are being checked).
+    """
+    peer = getattr(request.getClientAddress(), "host", "unknown")
+    wait = limiter.retryAfter(peer)
+    if wait is not None:
+        raise Problem(
+            429,
+            "Too many failed logins from this address.",
+            headers={b"Retry-After": str(int(wait) + 1).encode()},
+        )
+    unauthorized = {b"WWW-Authenticate": _CHALLENGE}
+    try:
+        credentials = credentialsFromHeader(request.getHeader(b"authorization"))
+    except BadAuthorizationHeader as e:
+        limiter.failed(peer)
+        raise Problem(401, str(e), headers=unauthorized) from None
+    if credentials is None:
+        raise Problem(401, "Credentials are required.", headers=unauthorized)
+    # Counted as a failure until it succeeds: guesses sent in parallel
+    # all count, not just those that finished before the next began.
+    limiter.failed(peer)
+    try:
+        _, principal, _ = await portal.login(credentials, None, IPrincipal)
+    except AuthBusy:
+        limiter.forgive(peer)
+        raise Problem(503, "Too many logins are being checked; retry shortly.", headers={b"Retry-After": b"1"}) from None
+    except LoginFailed:
+        raise Problem(401, "The credentials were not accepted.", headers=unauthorized) from None
+    except BaseException:
+        limiter.forgive(peer)
+        raise
+    limiter.forgive(peer)
+    if not principal.mayAct(role):
+        raise Problem(403, f"This needs the {role} role; {principal.name} is {principal.role}.")
+    return principal

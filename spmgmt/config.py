@@ -70,11 +70,30 @@ class SPConfig:
 
 @frozen
 class ProxyConfig:
+    """
+    The front proxy and its arbiter.
+
+    @ivar failover_wait: how long a request waits for an active SP before
+        the client gets 503 with C{Retry-After}.
+    @ivar upstream_timeout: the deadline of one call to an SP (longer than
+        any command's timeout, or a slow command would be cut off).
+    @ivar read_timeout: the time a client has to send a whole request once
+        it started one (slowloris), and to finish the TLS handshake.
+    @ivar max_connections: client connections per listener; more are
+        closed at once.
+    @ivar max_header_bytes: the size of a request's header block.
+    """
+
     tls: Address
     plain: Address | None
     arbiter: Address
     cert: Path
     key: Path
+    failover_wait: float = 10.0
+    upstream_timeout: float = 60.0
+    read_timeout: float = 10.0
+    max_connections: int = 16384
+    max_header_bytes: int = 16384
 
 
 @frozen
@@ -536,6 +555,11 @@ def parseConfig(path: str | Path) -> ArrayConfig:
             arbiter=parseAddress(table, "arbiter"),
             cert=_path(table, root, "cert"),
             key=_path(table, root, "key"),
+            failover_wait=table.positive("failover_wait", float, 10.0),
+            upstream_timeout=table.positive("upstream_timeout", float, 60.0),
+            read_timeout=table.positive("read_timeout", float, 10.0),
+            max_connections=table.positive("max_connections", int, 16384),
+            max_header_bytes=table.positive("max_header_bytes", int, 16384),
         )
         claim(proxy.tls, "proxy.tls")
         claim(proxy.plain, "proxy.plain")
@@ -592,6 +616,16 @@ def parseConfig(path: str | Path) -> ArrayConfig:
         if any(c.name == check.name for c in checks):
             raise table.fail("name", f"duplicate check {check.name!r}")
         checks.append(check)
+
+    if proxy is not None:
+        slowest = max([status, *commands.values()], key=lambda c: c.timeout + c.kill_grace)
+        if proxy.upstream_timeout <= slowest.timeout + slowest.kill_grace:
+            raise ConfigError(
+                path,
+                "proxy.upstream_timeout",
+                f"must be longer than the slowest command ({slowest.name}: "
+                f"{slowest.timeout + slowest.kill_grace:g} s with its kill grace)",
+            )
 
     limits = top.table("limits", {})
     limitsConfig = LimitsConfig(

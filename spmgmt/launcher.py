@@ -122,7 +122,10 @@ def _names(config: ArrayConfig) -> list[str]:
 def _ready(config: ArrayConfig, name: str) -> bool:
     if name == "proxy":
         assert config.proxy is not None
-        return portOpen(config.proxy.arbiter.host, config.proxy.arbiter.port)
+        tls = config.proxy.tls
+        return portOpen(config.proxy.arbiter.host, config.proxy.arbiter.port) and healthzOK(
+            tls.host, tls.port, "proxy", config.ca
+        )
     sp = config.sp(name)
     return healthzOK(sp.web.host, sp.web.port, name, config.ca)
 
@@ -181,17 +184,24 @@ def _banner(config: ArrayConfig, varDir: Path) -> str:
     password = os.path.relpath(varDir / "secrets" / "admin.password")
     lines = [f"spmgmt: array {config.name!r} is up:"]
     if config.proxy is not None:
-        lines.append(f"  proxy: arbiter on {config.proxy.arbiter}  (log var/log/proxy.log)")
+        proxy = config.proxy
+        plain = f", http://{proxy.plain}/" if proxy.plain is not None else ""
+        lines.append(
+            f"  proxy: https://{proxy.tls}/{plain}  arbiter on {proxy.arbiter}  (log var/log/proxy.log)"
+        )
     for sp in config.sps:
         lines.append(f"  {sp.id}: https://{sp.web.host}:{sp.web.port}/  (log var/log/{sp.id}.log)")
     first = config.sps[0]
+    # Clients talk to the proxy: the one address that survives failover.
+    front = config.proxy.tls if config.proxy is not None else first.web
     lines += [
         "",
         "Try:",
         f"  curl --cacert {ca} -u admin:$(cat {password}) "
-        f"https://{first.web.host}:{first.web.port}/api/v1/sps/{first.id}/status",
-        f"  openssl s_client -quiet -CAfile {ca} -connect {first.web.host}:{first.web.port}",
-        f"  touch var/{first.id}.maintenance   # {first.id} switches to its service-mode web server",
+        f"https://{front.host}:{front.port}/api/v1/array",
+        f"  openssl s_client -quiet -CAfile {ca} -connect {front.host}:{front.port}",
+        "    then type: GET /healthz HTTP/1.1, Host: x, and an empty line",
+        f"  touch var/{first.id}.maintenance   # {first.id} turns unhealthy: the token moves",
     ]
     return "\n".join(lines)
 

@@ -37,9 +37,12 @@ class ProxyOptions(usage.Options):
 
     synopsis = "--config FILE"
     longdesc = (
-        "Run the proxy process.  Today it runs the arbiter, which grants the "
-        "active token to one healthy SP at a time (PB over mutual TLS on "
-        "[proxy] arbiter); the client-facing HTTP front end is not built yet."
+        "Run the proxy process: the client-facing HTTPS front end on [proxy] "
+        "tls (and plain HTTP on [proxy] plain, if set), which sends each "
+        "request to the active SP and holds it across a failover, and the "
+        "arbiter, which grants the active token to one healthy SP at a time "
+        "(PB over mutual TLS on [proxy] arbiter).  SIGHUP reloads the "
+        "front end's certificate."
     )
     optParameters = [
         ["config", "c", None, "The array's configuration file (TOML), e.g. etc/spmgmt.toml."],
@@ -56,11 +59,11 @@ class Options(usage.Options):
     synopsis = "COMMAND [options]"
     longdesc = (
         "Service processor management.  COMMAND is: sp (one SP agent) or "
-        "proxy (the arbiter of the active token)."
+        "proxy (the front proxy and the arbiter of the active token)."
     )
     subCommands = [
         ["sp", None, SPOptions, "Run one service processor's agent."],
-        ["proxy", None, ProxyOptions, "Run the proxy process (the arbiter)."],
+        ["proxy", None, ProxyOptions, "Run the proxy process (front end and arbiter)."],
     ]
 
     def postOptions(self) -> None:
@@ -90,10 +93,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             config, sp = loadForSP(sub["config"], sub["id"])
             return makeSPService(reactor, config, sp)
         if options.subCommand == "proxy":
-            from spmgmt.arbiter.service import makeArbiterService
             from spmgmt.config import loadForProxy
+            from spmgmt.proxy.service import makeProxyService
 
-            return makeArbiterService(reactor, loadForProxy(sub["config"]))
+            return makeProxyService(reactor, loadForProxy(sub["config"]))
     except ConfigError as e:
         raise SystemExit(f"spmgmt: {e}") from None
     raise SystemExit(f"spmgmt: unknown command {options.subCommand!r}")

@@ -76,6 +76,8 @@ class Arbiter(Service):
         self.events = EventLog(store.path.parent / "events.jsonl")
         self.events.listen(self._push)
         self.lastMove: dict[str, Any] | None = None
+        self._routeListeners: list[Callable[[tuple[int, str] | None], None]] = []
+        self._announced: tuple[int, str] | None = None
         epoch, lastHolder = store.loadState()
         self.state = token.initial(epoch, monotonic(), lastHolder)
 
@@ -116,6 +118,33 @@ class Arbiter(Service):
         """Apply C{event} and carry out what the machine decides."""
         self.state, effects = token.step(self.state, event, self.policy)
         self._carryOut(effects)
+        self._announceRoute()
+
+    def route(self) -> tuple[int, str] | None:
+        """
+        C{(epoch, holder)} of the acknowledged token, or L{None} while no SP
+        is active: where the proxy sends requests.
+        """
+        state = self.state
+        if state.holder is None or not state.acked:
+            return None
+        return (state.issued, state.holder)
+
+    def onRoute(self, listener: Callable[[tuple[int, str] | None], None]) -> None:
+        """Call C{listener} with every change of L{route}, and now."""
+        self._routeListeners.append(listener)
+        listener(self.route())
+
+    def _announceRoute(self) -> None:
+        route = self.route()
+        if route == self._announced:
+            return
+        self._announced = route
+        for listener in list(self._routeListeners):
+            try:
+                listener(route)
+            except Exception:
+                _log.failure("route listener failed")
 
     def _carryOut(self, effects: list[token.Effect]) -> None:
         for effect in effects:

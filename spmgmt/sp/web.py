@@ -19,7 +19,6 @@ from typing import Any, Awaitable, Callable
 
 from attrs import frozen
 from klein import Klein
-from twisted.cred.error import LoginFailed
 from twisted.cred.portal import Portal
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
@@ -31,12 +30,9 @@ from zope.interface import implementer
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from spmgmt.auth import (
-    AuthBusy,
-    BadAuthorizationHeader,
     FailureLimiter,
-    IPrincipal,
     Principal,
-    credentialsFromHeader,
+    authenticate,
 )
 from spmgmt.peer.client import PeerClient, PeerFailed, PeerRefused, PeerUnavailable
 from spmgmt.events import EventBuffer
@@ -47,7 +43,6 @@ from spmgmt.sp.refusals import problemFor, refusal
 
 _log = Logger()
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_CHALLENGE = b'Basic realm="spmgmt", charset="UTF-8", Bearer realm="spmgmt"'
 JSON = b"application/json"
 
 
@@ -154,6 +149,8 @@ class ManagementWeb:
                     title="Service mode",
                     mode=SERVICE,
                     routes=remaining,
+                    # For the proxy: nothing was done; the token is moving.
+                    headers={b"X-SPMgmt-Mode": SERVICE.encode()},
                 )
 
             methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -249,39 +246,7 @@ class ManagementWeb:
         return problem.render(request)
 
     async def _authenticate(self, request: Any, role: str) -> Principal:
-        peer = getattr(request.getClientAddress(), "host", "unknown")
-        wait = self._limiter.retryAfter(peer)
-        if wait is not None:
-            raise Problem(
-                429,
-                "Too many failed logins from this address.",
-                headers={b"Retry-After": str(int(wait) + 1).encode()},
-            )
-        unauthorized = {b"WWW-Authenticate": _CHALLENGE}
-        try:
-            credentials = credentialsFromHeader(request.getHeader(b"authorization"))
-        except BadAuthorizationHeader as e:
-            self._limiter.failed(peer)
-            raise Problem(401, str(e), headers=unauthorized) from None
-        if credentials is None:
-            raise Problem(401, "Credentials are required.", headers=unauthorized)
-        # Counted as a failure until it succeeds: guesses sent in parallel
-        # all count, not just those that finished before the next began.
-        self._limiter.failed(peer)
-        try:
-            _, principal, _ = await self._portal.login(credentials, None, IPrincipal)
-        except AuthBusy:
-            self._limiter.forgive(peer)
-            raise Problem(503, "Too many logins are being checked; retry shortly.", headers={b"Retry-After": b"1"}) from None
-        except LoginFailed:
-            raise Problem(401, "The credentials were not accepted.", headers=unauthorized) from None
-        except BaseException:
-            self._limiter.forgive(peer)
-            raise
-        self._limiter.forgive(peer)
-        if not principal.mayAct(role):
-            raise Problem(403, f"This needs the {role} role; {principal.name} is {principal.role}.")
-        return principal
+        return await authenticate(self._portal, self._limiter, request, role)
 
     def _isSelf(self, sp: str) -> bool:
         """Whether C{sp} is this SP; 404 if it is no SP of the array."""

@@ -1,0 +1,161 @@
+# -*- test-case-name: tests.test_proxy_integration -*-
+"""
+The proxy process's service tree (C{twistd spmgmt proxy}): the arbiter,
+the router that follows it, the backends, the client listeners (TLS, and
+plain TCP if configured), a probe of each SP's web port, and the
+certificate reload on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import resource
+import signal
+import time
+from typing import Any
+
+from OpenSSL.SSL import Connection
+from twisted.application import strports
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import gatherResults
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from spmgmt.arbiter.service import makeArbiterService
+from spmgmt.auth import authThreadPool, portalFromConfig
+from spmgmt.config import ArrayConfig, ConfigError, checkKeyPair
+from spmgmt.httpserver import ConnectionCap
+from spmgmt.metrics import ProxyMetrics
+from spmgmt.proxy.backend import Backends
+from spmgmt.proxy.frontend import Proxy, ProxySite
+from spmgmt.proxy.router import Router
+from spmgmt.sp.service import listenDescription
+from spmgmt.tls import TLSConfigurationError, serverOptions, tlsServerFactory
+
+_log = Logger()
+
+#: File descriptors kept for everything but client connections.
+_SPARE_FDS = 256
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableTLS:
+    """
+    The front end's TLS settings, replaced by L{reload} (SIGHUP): new
+    connections use the new certificate; established ones keep theirs.
+    """
+
+    def __init__(self, config: ArrayConfig) -> None:
+        self._config = config
+        self.options = self._load()
+
+    def _load(self) -> Any:
+        proxy = self._config.proxy
+        assert proxy is not None
+        return serverOptions(proxy.cert, proxy.key, acceptableProtocols=[b"http/1.1"])
+
+    def reload(self) -> None:
+        """Read the certificate and key again; keep the old ones if they fail."""
+        proxy = self._config.proxy
+        assert proxy is not None
+        try:
+            checkKeyPair(self._config.path, "proxy.cert", proxy.cert, "proxy.key", proxy.key)
+            self.options = self._load()
+        except (ConfigError, TLSConfigurationError) as e:
+            _log.error("certificate reload failed, keeping the old one: {why}", why=str(e))
+            return
+        _log.info("reloaded the TLS certificate {cert}", cert=str(proxy.cert))
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> Connection:
+        return Connection(self.options.getContext(), None)
+
+
+class _ReloadOnHangup(Service):
+    """SIGHUP reloads the front end's certificate (from the reactor thread)."""
+
+    def __init__(self, reactor: Any, tls: ReloadableTLS) -> None:
+        self._reactor = reactor
+        self._tls = tls
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous = signal.signal(
+            signal.SIGHUP, lambda signum, frame: self._reactor.callFromThread(self._tls.reload)
+        )
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+
+
+def _raiseFileLimit(wanted: int) -> int:
+    """
+    Raise this process's descriptor limit towards C{wanted} (at most the
+    hard limit); the number of client connections it leaves room for.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted + _SPARE_FDS
+    if hard != resource.RLIM_INFINITY:
+        target = min(target, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    room = wanted if soft == resource.RLIM_INFINITY else max(1, min(wanted, soft - _SPARE_FDS))
+    if room < wanted:
+        _log.warn(
+            "only {room} client connections fit the descriptor limit ({soft}); "
+            "proxy.max_connections is {wanted}",
+            room=room, soft=soft, wanted=wanted,
+        )
+    return room
+
+
+def makeProxyService(reactor: Any, config: ArrayConfig) -> MultiService:
+    """
+    The whole proxy process.  Listening goes through C{strports.service},
+    so a failed bind stops the process with an error.
+    """
+    settings = config.proxy
+    assert settings is not None
+    top = makeArbiterService(reactor, config)
+    arbiter = top.arbiter  # type: ignore[attr-defined]
+    metrics = ProxyMetrics()
+    router = Router(reactor, time.monotonic, onGap=metrics.failoverGap.observe)
+    arbiter.onRoute(router.update)
+    backends = Backends(reactor, config, router, timeout=settings.upstream_timeout)
+    portal = portalFromConfig(reactor, config, authThreadPool(reactor))
+    proxy = Proxy(reactor, config, router, backends, metrics, portal, arbiter)
+    site = ProxySite(proxy)
+    metrics.held.set_function(lambda: router.waiting)
+
+    limit = _raiseFileLimit(settings.max_connections)
+    try:
+        tls = ReloadableTLS(config)
+    except TLSConfigurationError as e:
+        raise ConfigError(config.path, "proxy.cert", str(e)) from None
+    listeners = [("tls", settings.tls, tlsServerFactory(site, tls, reactor))]  # type: ignore[arg-type]
+    if settings.plain is not None:
+        listeners.append(("plain", settings.plain, site))
+    for name, address, factory in listeners:
+        cap = ConnectionCap(factory, limit, lambda: metrics.refused.labels("connection limit").inc())
+        metrics.connections.labels(name).set_function(lambda cap=cap: len(cap.protocols))
+        strports.service(listenDescription(address), cap, reactor=reactor).setServiceParent(top)
+    _ReloadOnHangup(reactor, tls).setServiceParent(top)
+
+    def probe() -> Any:
+        def record(results: list[bool]) -> None:
+            for sp, up in zip(ids, results):
+                proxy.reachable[sp] = up
+                metrics.backendUp.labels(sp).set(1 if up else 0)
+
+        return gatherResults([backends.probe(sp, 1.0) for sp in ids]).addCallback(record)
+
+    ids = [sp.id for sp in config.sps]
+    probing = TimerService(1.0, probe)
+    probing.clock = reactor
+    probing.setServiceParent(top)
+    top.proxy = proxy  # type: ignore[attr-defined]
+    return top
