@@ -134,6 +134,10 @@ class _ByPortPolicy:
             sp.web.port: clientOptions(sp.id, config.ca, acceptableProtocols=[b"http/1.1"])
             for sp in config.sps
         }
+        if config.proxy is not None:
+            self._creators[config.proxy.tls.port] = clientOptions(
+                "proxy", config.ca, acceptableProtocols=[b"http/1.1"]
+            )
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         return self._creators[port]
@@ -245,7 +249,7 @@ class ArrayHarness:
         return list(self.spIds) + (["proxy"] if self.arbiter else [])
 
     def _configText(self) -> str:
-        ports = iter(freePorts(2 * len(self.spIds) + 2 + len(self.controlRelay)))
+        ports = iter(freePorts(2 * len(self.spIds) + 3 + len(self.controlRelay)))
         relayed = {spId: f'arbiter = "127.0.0.1:{next(ports)}"' for spId in self.controlRelay}
         sps = "".join(
             textwrap.dedent(
@@ -291,6 +295,7 @@ class ArrayHarness:
                 f"""
                 [proxy]
                 tls = "127.0.0.1:{next(ports)}"
+                plain = "127.0.0.1:{next(ports)}"
                 arbiter = "127.0.0.1:{next(ports)}"
                 cert = "var/pki/proxy.pem"
                 key = "var/pki/proxy.key"
@@ -352,8 +357,9 @@ class ArrayHarness:
 
     async def waitReady(self, name: str, timeout: float = 30.0) -> None:
         """
-        Poll until C{name} is ready (an SP answers C{/healthz}, the proxy
-        accepts connections on its arbiter port); fail if the process ends.
+        Poll until C{name} is ready (an SP answers C{/healthz}; the proxy
+        too, and accepts connections on its arbiter port); fail if the
+        process ends.
         """
         if name == "proxy":
             from twisted.internet.threads import deferToThread
@@ -367,6 +373,7 @@ class ArrayHarness:
                 return bool(await deferToThread(portOpen, address.host, address.port))
 
             await self.waitFor(listening, timeout, "the proxy to listen", name)
+            await self.waitFor(lambda: self._healthzOK(name), timeout, "the proxy to answer /healthz", name)
             return
         await self.waitFor(lambda: self._healthzOK(name), timeout, f"{name} to answer /healthz", name)
 
@@ -447,8 +454,13 @@ class ArrayHarness:
     # -- HTTP ------------------------------------------------------------------
 
     def url(self, spId: str, path: str) -> str:
-        sp = self.config.sp(spId)
-        return f"https://{sp.web.host}:{sp.web.port}{path}"
+        """The URL of C{path} on an SP, or on the proxy's TLS front end (C{"proxy"})."""
+        if spId == "proxy":
+            assert self.config.proxy is not None
+            address = self.config.proxy.tls
+        else:
+            address = self.config.sp(spId).web
+        return f"https://{address.host}:{address.port}{path}"
 
     async def request(
         self,
@@ -460,7 +472,7 @@ class ArrayHarness:
         headers: dict[str, str] | None = None,
         timeout: float = 10.0,
     ) -> Response:
-        """One HTTPS request to an SP, as C{user} (Basic auth) or anonymous."""
+        """One HTTPS request to an SP (or C{"proxy"}), as C{user} (Basic auth) or anonymous."""
         import treq
         from treq.client import HTTPClient
 
