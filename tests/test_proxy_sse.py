@@ -31,6 +31,13 @@ class EventSplitterTests(SynchronousTestCase):
         splitter.feed(b"id: 4\0\n\n")
         self.assertEqual(splitter.lastId, b"3")
 
+    def test_discardPartial(self) -> None:
+        splitter = EventSplitter()
+        splitter.feed(b"id: 1\n\nid: 2\ndata: hal")
+        splitter.discardPartial()
+        self.assertEqual(splitter.feed(b"id: 2\ndata: whole\n\n"), [b"id: 2\ndata: whole\n\n"])
+        self.assertEqual(splitter.lastId, b"2")
+
     def test_tooLarge(self) -> None:
         splitter = EventSplitter(maxEvent=10)
         self.assertRaises(EventStreamTooLarge, splitter.feed, b"data: " + b"x" * 20)

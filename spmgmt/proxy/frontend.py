@@ -284,6 +284,7 @@ class Proxy:
                 unwatch()
             if request.gone:
                 return
+            splitter.discardPartial()
             self.metrics.streamResumes.inc()
             lastId = splitter.lastId if splitter.lastId and _EVENT_ID.fullmatch(splitter.lastId) else None
             attempt, action = await self.exchange(request, None, lastId)

@@ -54,6 +54,10 @@ class EventSplitter:
             raise EventStreamTooLarge(f"an event is larger than {self._maxEvent} bytes")
         return events
 
+    def discardPartial(self) -> None:
+        """The stream broke: forget the start of an event that will not end."""
+        self._buffer = b""
+
     def _noteId(self, event: bytes) -> None:
         for line in _LINE_END.split(event):
             if line == b"id" or line.startswith(b"id:"):
