@@ -10,9 +10,13 @@ import base64
 import http.client
 import json
 import signal
+import socket
 import ssl
+import shutil
 import threading
 import time
+from pathlib import Path
+from tempfile import mkdtemp
 from typing import Any
 
 from twisted.internet import reactor
@@ -380,3 +384,83 @@ async def _sleep(seconds: float) -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+class ProxyProcessTests(ArrayTestMixin, TestCase):
+    """The proxy process: certificate reload on SIGHUP, fatal bind errors."""
+
+    timeout = 120
+
+    async def test_sighupReloadsTheCertificate(self) -> None:
+        """
+        New connections get the new certificate; an established connection
+        keeps working; a broken file leaves the old certificate in use.
+        """
+        from cryptography import x509
+
+        from spmgmt.pki import _load, certificatePEM, issueCertificate, keyPEM
+
+        array = await self.startArray(arbiter=True)
+        await array.waitHolder("proxy", "spa")
+        assert array.config.proxy is not None
+        address = array.config.proxy.tls
+        context = ssl.create_default_context(cafile=str(array.config.ca))
+
+        def serial() -> int:
+            with socket.create_connection((address.host, address.port)) as raw:
+                with context.wrap_socket(raw, server_hostname="proxy") as tls:
+                    der = tls.getpeercert(binary_form=True)
+            return int(x509.load_der_x509_certificate(der).serial_number)
+
+        established = http.client.HTTPSConnection(address.host, address.port, context=context, timeout=10)
+        self.addCleanup(established.close)
+
+        def get() -> int:
+            established.request("GET", "/healthz")
+            response = established.getresponse()
+            response.read()
+            return response.status
+
+        self.assertEqual(await deferToThread(get), 200)
+        sock = established.sock
+        before = await deferToThread(serial)
+        pki = array.path("var/pki")
+        caCert, caKey = _load(pki / "ca.pem", pki / "ca.key")
+        cert, key = issueCertificate(caCert, caKey, "proxy")
+        (pki / "proxy.key").write_bytes(keyPEM(key))
+        (pki / "proxy.pem").write_bytes(certificatePEM(cert))
+        array.signal("proxy", signal.SIGHUP)
+
+        async def reloaded() -> bool:
+            return bool(await deferToThread(serial) == cert.serial_number)
+
+        await array.waitFor(reloaded, 10.0, "the new certificate", "proxy")
+        self.assertNotEqual(before, cert.serial_number)
+        self.assertEqual(await deferToThread(get), 200)
+        self.assertIs(established.sock, sock)
+
+        # A half-written certificate: the old one stays, the proxy serves on.
+        (pki / "proxy.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\ngarbage\n")
+        array.signal("proxy", signal.SIGHUP)
+        await array.waitFor(
+            lambda: _true("certificate reload failed" in array.logTail("proxy")), 10.0, "the reload error", "proxy"
+        )
+        self.assertEqual(await deferToThread(serial), cert.serial_number)
+        self.assertEqual(await deferToThread(get), 200)
+
+    async def test_failedBindExits(self) -> None:
+        """A front-end port in use ends the proxy with an error, not a half-up proxy."""
+        directory = Path(mkdtemp(prefix="spmgmt-bind-"))
+        self.addCleanup(shutil.rmtree, directory, True)
+        array = ArrayHarness(reactor, directory, arbiter=True)
+        self.addCleanup(array.stopAll)
+        assert array.config.proxy is not None
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind((array.config.proxy.tls.host, array.config.proxy.tls.port))
+        taken.listen(1)
+        array.startProcess("proxy")
+        reason = await array._procs["proxy"].ended
+        self.assertNotEqual(reason.exitCode, 0)
+        self.assertIn("Address already in use", array.logTail("proxy"))
