@@ -119,6 +119,10 @@ class ParseConfigTests(ConfigTestsMixin, SynchronousTestCase):
             (config.proxy.tls.port, config.proxy.plain and config.proxy.plain.port, config.proxy.arbiter.port),
             (8443, 8080, 8700),
         )
+        self.assertEqual(
+            (config.proxy.failover_wait, config.proxy.read_timeout, config.proxy.max_connections),
+            (10.0, 10.0, 16384),
+        )
         self.assertEqual(config.users[0].password_hash, (secrets / "admin.hash").read_text().strip())
         self.assertIn("maintenance", [c.name for c in config.checks])
         self.assertEqual(config.peer.secret_file, secrets / "peer.secret")
@@ -132,6 +136,17 @@ class ParseConfigTests(ConfigTestsMixin, SynchronousTestCase):
         self.assertEqual(config.commands["echo"].params[0].name, "message")
         self.assertEqual(config.checks[0].path, str(self.pkiDir.parent / "var/{id}.maintenance"))
         self.assertEqual(config.limits.max_body, 1024 * 1024)
+
+    def test_proxyUpstreamTimeoutCoversCommands(self) -> None:
+        """The proxy's deadline on SP calls must outlast the slowest command."""
+        proxy = (
+            '\n[proxy]\ntls = "127.0.0.1:9443"\narbiter = "127.0.0.1:9700"\n'
+            'cert = "pki/spa.pem"\nkey = "pki/spa.key"\nupstream_timeout = 5.0\n'
+        )
+        self.assertConfigError(BASE + proxy, "proxy.upstream_timeout", "slowest command (status: 12 s")
+        config, _ = loadForSP(self.write(BASE + proxy.replace("5.0", "12.5")), "spa")
+        assert config.proxy is not None
+        self.assertEqual((config.proxy.upstream_timeout, config.proxy.failover_wait), (12.5, 10.0))
 
     def test_syntax(self) -> None:
         """A TOML syntax error names the line."""
