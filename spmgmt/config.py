@@ -191,9 +191,20 @@ class TokenPolicyConfig:
 
 @frozen
 class LimitsConfig:
+    """
+    Limits of an SP's web port (and the body and idle limits of the
+    proxy's front end).
+
+    @ivar read_timeout: a whole request within this many seconds of its
+        first byte (and a TLS handshake within it), else 408 or a close.
+    @ivar max_connections: client connections to an SP's web port.
+    """
+
     max_body: int
     idle_timeout: float
     max_commands: int
+    read_timeout: float = 10.0
+    max_connections: int = 1024
 
 
 @frozen
@@ -632,6 +643,8 @@ def parseConfig(path: str | Path) -> ArrayConfig:
         max_body=limits.positive("max_body", int, 1024 * 1024),
         idle_timeout=limits.positive("idle_timeout", float, 3600.0),
         max_commands=limits.positive("max_commands", int, 16),
+        read_timeout=limits.positive("read_timeout", float, 10.0),
+        max_connections=limits.positive("max_connections", int, 1024),
     )
     limits.done()
 

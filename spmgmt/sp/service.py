@@ -19,6 +19,7 @@ from zope.interface import implementer
 from spmgmt.auth import FailureLimiter, authThreadPool, portalFromConfig
 from spmgmt.config import ArrayConfig, SPConfig, readPeerSecret
 from spmgmt.health import HealthMonitor, buildChecks
+from spmgmt.httpserver import ConnectionCap
 from spmgmt.peer.client import PeerClient
 from spmgmt.peer.server import PeerServerFactory, peerPortal
 from spmgmt.sp.agent import SPAgent
@@ -124,9 +125,8 @@ def makeSPService(reactor: Any, config: ArrayConfig, sp: SPConfig) -> MultiServi
     monitor.setServiceParent(top)
 
     contextFactory = serverOptions(sp.cert, sp.key, acceptableProtocols=[b"http/1.1"])
-    strports.service(
-        listenDescription(sp.web), tlsServerFactory(web.site, contextFactory, reactor), reactor=reactor
-    ).setServiceParent(top)
+    webFactory = ConnectionCap(tlsServerFactory(web.site, contextFactory, reactor), config.limits.max_connections)
+    strports.service(listenDescription(sp.web), webFactory, reactor=reactor).setServiceParent(top)
     # The peer channel: client certificates from the array CA are required,
     # TLS 1.3 only; a peer silent for several keepalives is dropped.
     names = {peer.id for peer in config.sps if peer.id != sp.id}

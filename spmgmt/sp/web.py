@@ -36,6 +36,7 @@ from spmgmt.auth import (
 )
 from spmgmt.peer.client import PeerClient, PeerFailed, PeerRefused, PeerUnavailable
 from spmgmt.events import EventBuffer
+from spmgmt.httpserver import GuardedChannel, refuseRaw
 from spmgmt.problem import Problem
 from spmgmt.sp.agent import FULL, SERVICE, SPAgent
 from spmgmt.sp.participant import Participant
@@ -601,23 +602,14 @@ class SPRequest(Request):
         will be refused anyway is what an attacker wants.
         """
         self._tooLarge = True
-        # No "100 Continue" after the refusal, and no more parsing: the rest
-        # of the body may still arrive while TLS closes.
+        # No "100 Continue" after the refusal.
         self.requestHeaders.removeHeader(b"expect")
-        self.channel.dataReceived = lambda data: None
-        limit = self.channel.site.agent.config.limits.max_body
-        body = json.dumps(
-            Problem(413, f"The request body is larger than {limit} bytes.").asJSON()
-        ).encode()
-        head = (
-            b"HTTP/1.1 413 Content Too Large\r\n"
-            b"Content-Type: application/problem+json\r\n"
-            b"X-SPMgmt-Served-By: " + self.channel.site.agent.sp.id.encode() + b"\r\n"
-            b"Connection: close\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+        agent = self.channel.site.agent
+        refuseRaw(
+            self.channel,
+            Problem(413, f"The request body is larger than {agent.config.limits.max_body} bytes."),
+            {b"X-SPMgmt-Served-By": agent.sp.id.encode()},
         )
-        self.channel.transport.write(head + body)
-        self.channel.transport.loseConnection()
         self.channel.site.agent.metrics.requests.labels("(body too large)", "?", "413").inc()
 
     def process(self) -> None:
@@ -653,6 +645,8 @@ class SPSite(Site):
     """
 
     requestFactory = SPRequest
+    #: A deadline on reading each request (slowloris); HTTP/1.1 only.
+    protocol = GuardedChannel
     displayTracebacks = False
 
     def __init__(self, resource: Any, agent: SPAgent, **kwargs: Any) -> None:
@@ -660,6 +654,11 @@ class SPSite(Site):
         kwargs.setdefault("reactor", agent.reactor)
         super().__init__(resource, **kwargs)
         self.agent = agent
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        channel.readTimeout = self.agent.config.limits.read_timeout
+        return channel
 
     def _updateLogDateTime(self) -> None:
         # The reactor may run on a monotonic clock (spmgmt.clock): the
