@@ -207,7 +207,7 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(reactor.getDelayedCalls(), [])
 
     def test_webSiteServesAgent(self) -> None:
-        """The factory listening on the web port wraps the SP's site (over TLS)."""
+        """The factory listening on the web port wraps the SP's site (over TLS, under a connection cap)."""
         harness = makeHarness(self)
         sp = harness.config.sp("spa")
         reactor = MemoryReactorClock()
@@ -215,9 +215,35 @@ class MakeServiceTests(SynchronousTestCase):
         service.startService()
         self.addCleanup(service.stopService)
         [factory] = [factory for port, factory, _, _ in reactor.tcpServers if port == sp.web.port]
-        self.assertIs(factory.wrappedFactory, service.web.site)
+        # The connection cap, around TLS, around the site.
+        self.assertEqual(factory.limit, harness.config.limits.max_connections)
+        self.assertIs(factory.wrappedFactory.wrappedFactory, service.web.site)
         self.assertIs(service.web.site.agent, service.agent)
         self.assertEqual(service.agent.sp.id, "spa")
+
+
+    def test_proxyListeners(self) -> None:
+        """
+        The proxy listens for clients on TLS and plain TCP (each under a
+        connection cap, around its site) and for SPs on the arbiter port.
+        """
+        from spmgmt.proxy.frontend import ProxySite
+
+        directory = tempfile.mkdtemp(prefix="spmgmt-test-tap-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        harness = ArrayHarness(MemoryReactorClock(), directory, arbiter=True)
+        proxy = harness.config.proxy
+        assert proxy is not None and proxy.plain is not None
+        reactor = MemoryReactorClock()
+        service = makeService(parse("proxy", "--config", str(harness.configPath)), reactor=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        factories = {port: factory for port, factory, _, _ in reactor.tcpServers}
+        self.assertEqual(set(factories), {proxy.tls.port, proxy.plain.port, proxy.arbiter.port})
+        tls, plain = factories[proxy.tls.port], factories[proxy.plain.port]
+        self.assertEqual((tls.limit, plain.limit), (proxy.max_connections, proxy.max_connections))
+        self.assertIsInstance(tls.wrappedFactory.wrappedFactory, ProxySite)
+        self.assertIs(plain.wrappedFactory, tls.wrappedFactory.wrappedFactory)
 
 
 class PluginTests(SynchronousTestCase):

@@ -194,6 +194,9 @@ class Proxy:
             self.metrics.held.set(self.router.waiting + 1)
             route = await self.router.wait(delay, deadline)
             self.metrics.held.set(self.router.waiting)
+            if request.gone:
+                # Nobody would learn what became of it: send nothing more.
+                return last or Attempt((0, ""), Outcome.NOT_SENT), Action.UNAVAILABLE
             if route is None:
                 if last is not None and last.outcome is Outcome.SERVICE_MODE:
                     return last, Action.DELIVER
@@ -203,8 +206,6 @@ class Proxy:
             decision = policy.decide(method, attempt.outcome, retries, self.monotonic(), deadline)
             if decision.action is not Action.RETRY:
                 return attempt, decision.action
-            if request.gone:
-                return attempt, Action.UNAVAILABLE
             self.metrics.retries.labels(attempt.outcome.value).inc()
             _log.debug(
                 "retrying {method} {uri} ({id}) after {outcome} from {sp}: {why}",
@@ -236,6 +237,13 @@ class Proxy:
             else:
                 array["proxy"] = self.view()
                 body = json.dumps(array).encode("utf-8")
+        if request.method == b"HEAD" and not request.gone:
+            # The length of the answer a GET would get.
+            length = response.headers.getRawHeaders(b"content-length", [b"0"])[0]
+            request.setResponseCode(response.code, response.phrase)
+            request.setHeader(b"Content-Length", length)
+            request.finish()
+            return
         self.answer(request, response.code, body, response.phrase)
 
     def _copyHead(self, request: "ProxyRequest", attempt: Attempt) -> None:

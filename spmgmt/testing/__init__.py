@@ -202,6 +202,8 @@ class ArrayHarness:
     checks: str = DEFAULT_CHECKS
     commands: str = DEFAULT_COMMANDS
     extra: str = ""
+    #: Lines added inside the C{[proxy]} table (with C{arbiter=True}).
+    proxyExtra: str = ""
     config: ArrayConfig = field(init=False)
     configPath: Path = field(init=False)
     passwords: dict[str, str] = field(init=False, factory=dict)
@@ -300,7 +302,7 @@ class ArrayHarness:
                 cert = "var/pki/proxy.pem"
                 key = "var/pki/proxy.key"
                 """
-            )
+            ) + textwrap.dedent(self.proxyExtra).strip() + "\n"
         return head + sps + proxy + self.checks + self.commands + self.extra
 
     # -- processes -----------------------------------------------------------
@@ -390,9 +392,12 @@ class ArrayHarness:
 
         async def holds() -> bool:
             try:
-                view = await self.array(via)
+                answer = await self.request(via, "GET", "/api/v1/array")
             except Exception:
                 return False
+            if answer.code != 200:
+                return False  # e.g. the proxy's 503 while no SP is active
+            view = answer.json()
             seen.update(view)
             if holder is None:
                 return view["state"] == "unavailable"
