@@ -113,10 +113,22 @@ class JSONLogTests(SynchronousTestCase):
         self.patch(os, "environ", {**os.environ, "SPMGMT_JSON_LOG": str(path)})
         observer = jsonLines()
         log = Logger(namespace="spmgmt.test", observer=observer)
-        log.info("command {command} ran", command="uptime")
-        log.warn("second")
+        log.info("command {command} ran", command="uptime", sock=object())
+        log.warn("second\nline")
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            log.failure("it failed")
         lines = path.read_text().splitlines()
-        self.assertEqual(len(lines), 2)
+        self.assertEqual(len(lines), 3)
         first = json.loads(lines[0])
-        self.assertEqual((first["command"], first["log_namespace"]), ("uptime", "spmgmt.test"))
-        self.assertEqual(json.loads(lines[1])["log_level"]["name"], "warn")
+        self.assertEqual(
+            {k: v for k, v in first.items() if k != "time"},
+            {"level": "info", "namespace": "spmgmt.test", "message": "command uptime ran", "command": "uptime"},
+        )
+        self.assertRegex(first["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        second = json.loads(lines[1])
+        self.assertEqual((second["level"], second["message"]), ("warn", "second\nline"))
+        third = json.loads(lines[2])
+        self.assertEqual(third["level"], "critical")
+        self.assertIn("ZeroDivisionError", third["traceback"])
