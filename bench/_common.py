@@ -251,3 +251,80 @@ def withDeadline(reactor: Any, run: Coroutine[Any, Any, None], deadline: float, 
         return result
 
     return d.addBoth(done)
+
+
+# -- Debian packages the benches need ---------------------------------------------
+
+#: The benches' own list (scripts/install-debian-packages reads only
+#: scripts/debian-packages.txt, the list the project needs for its tests).
+BENCH_PACKAGES = REPO / "scripts" / "bench-packages.txt"
+
+
+def debianPackages(listFile: Path = BENCH_PACKAGES) -> list[str]:
+    """The package names in C{listFile} (one a line; blank lines and C{#} comments skipped)."""
+    names = []
+    for line in listFile.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            names.append(line)
+    return names
+
+
+def ensureDebianPackages(listFile: Path = BENCH_PACKAGES) -> list[str]:
+    """
+    Install the packages of C{listFile} that are missing, as
+    C{scripts/install-debian-packages} does for the project's own list:
+    C{apt-get update} first, then C{apt-get install --no-install-recommends}.
+    Needs root; returns what was installed.
+
+    @raise SystemExit: not root and something is missing, or apt failed.
+    """
+    import subprocess
+
+    def installed(name: str) -> bool:
+        probe = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True, check=False
+        )
+        return probe.returncode == 0 and "install ok installed" in probe.stdout
+
+    missing = [name for name in debianPackages(listFile) if not installed(name)]
+    if not missing:
+        return []
+    if os.geteuid() != 0:
+        raise SystemExit(
+            f"the bench needs the Debian packages {' '.join(missing)} (from {listFile.relative_to(REPO)}); "
+            "install them as root: make bench-packages"
+        )
+    print(f"bench packages: installing {' '.join(missing)}", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True, env=env
+        )
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SystemExit(f"installing {' '.join(missing)} failed: {e}") from None
+    return missing
+
+
+def processCPU(pid: int) -> float:
+    """CPU seconds (user + system, without children) of process C{pid} so far; 0 if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    rest = stat[stat.rindex(")") + 2 :].split()
+    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def processMemory(pid: int) -> dict[str, float]:
+    """C{VmRSS} and C{VmHWM} of process C{pid}, in MB (empty if it is gone)."""
+    out: dict[str, float] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key = line.split(":", 1)[0]
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return out
