@@ -237,6 +237,37 @@ class ProxyRetryTests(TestCase):
         await body.ended
         await finished[0].addErrback(lambda _: None)
 
+    async def test_silentStreamIsResumed(self) -> None:
+        """A stream stuck on a broken path (no keepalive comments) is asked again."""
+        from spmgmt.proxy import frontend
+
+        self.patch(frontend._StreamPump, "silence", 0.3)
+        spa = self.sp("spa")
+        asked: list[bytes | None] = []
+        finished: list[Deferred[None]] = []
+
+        def stream(request: Any) -> Any:
+            asked.append(request.getHeader(b"last-event-id"))
+            finished.append(request.notifyFinish())
+            request.setHeader(b"Content-Type", b"text/event-stream")
+            request.write(b"id: %d\ndata: x\n\n" % len(asked))
+            return NOT_DONE_YET  # then nothing more: a blackholed path
+
+        spa.behaviour = stream
+        self.router.update((1, "spa"))
+        response = await self.client.get(self.url("/api/v1/events/stream"), unbuffered=True)
+        body = _Body()
+        response.deliverBody(body)
+        deadline = time.monotonic() + 10
+        while b"id: 2" not in body.data and time.monotonic() < deadline:
+            await _sleep(0.05)
+        self.assertEqual(body.data, b"id: 1\ndata: x\n\nid: 2\ndata: x\n\n")
+        self.assertEqual(asked, [None, b"1"])
+        body.transport.stopProducing()  # type: ignore[attr-defined]
+        await body.ended
+        for d in finished:
+            await d.addErrback(lambda _: None)
+
     def _retries(self, outcome: str) -> float:
         value = self.metrics.registry.get_sample_value("spmgmt_proxy_retries_total", {"outcome": outcome})
         return value or 0.0

@@ -191,9 +191,7 @@ class Proxy:
         delay = 0.0
         last: Attempt | None = None
         while True:
-            self.metrics.held.set(self.router.waiting + 1)
             route = await self.router.wait(delay, deadline)
-            self.metrics.held.set(self.router.waiting)
             if request.gone:
                 # Nobody would learn what became of it: send nothing more.
                 return last or Attempt((0, ""), Outcome.NOT_SENT), Action.UNAVAILABLE
@@ -280,7 +278,7 @@ class Proxy:
         request.responseHeaders.removeHeader(b"content-length")
         request.setResponseCode(200)
         splitter = EventSplitter(lastId=request.getHeader(b"last-event-id"))
-        pump = _StreamPump(request, splitter)
+        pump = _StreamPump(request, splitter, self.reactor)
         request.registerProducer(pump, True)
         while not request.gone:
             assert attempt.response is not None
@@ -310,11 +308,17 @@ class _StreamPump:
     pausing the SP's connection while the client's is full (H8).
     """
 
-    def __init__(self, request: "ProxyRequest", splitter: EventSplitter) -> None:
+    #: An SP sends a comment every 15 s: a stream silent for longer than
+    #: this (and not paused by us) is stuck on a broken path (F07).
+    silence = 45.0
+
+    def __init__(self, request: "ProxyRequest", splitter: EventSplitter, clock: Any) -> None:
         self._request = request
         self._splitter = splitter
+        self._clock = clock
         self._upstream: Any = None
         self._paused = False
+        self._watchdog: Any = None
         request.notifyFinish().addBoth(lambda _: self.abandon())
 
     def follow(self, response: Any) -> Deferred[None]:
@@ -327,8 +331,28 @@ class _StreamPump:
         self._upstream = transport
         if self._paused:
             transport.pauseProducing()
+        self._rearm()
+
+    def detached(self) -> None:
+        self._upstream = None
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+
+    def _rearm(self) -> None:
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.reset(self.silence)
+        else:
+            self._watchdog = self._clock.callLater(self.silence, self._silent)
+
+    def _silent(self) -> None:
+        if self._paused:
+            self._rearm()  # our client is slow, not the SP
+            return
+        _log.warn("the event stream from the SP is silent; resuming it")
+        self.abandon()
 
     def received(self, data: bytes) -> None:
+        self._rearm()
         try:
             events = self._splitter.feed(data)
         except EventStreamTooLarge:
@@ -370,7 +394,7 @@ class _StreamBody:
         self._pump.received(data)
 
     def connectionLost(self, reason: Any) -> None:
-        self._pump._upstream = None
+        self._pump.detached()
         if not self.ended.called:
             self.ended.callback(None)
 
