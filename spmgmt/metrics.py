@@ -11,6 +11,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 
+def exposition(registry: CollectorRegistry) -> tuple[bytes, bytes]:
+    """The content type and body for C{GET /metrics}."""
+    return CONTENT_TYPE_LATEST.encode("ascii"), generate_latest(registry)
+
+
 @define
 class SPMetrics:
     """The metrics an SP agent exports."""
@@ -49,8 +54,7 @@ class SPMetrics:
         )
 
     def exposition(self) -> tuple[bytes, bytes]:
-        """The content type and body for C{GET /metrics}."""
-        return CONTENT_TYPE_LATEST.encode("ascii"), generate_latest(self.registry)
+        return exposition(self.registry)
 
 
 @define
@@ -107,5 +111,4 @@ class ProxyMetrics:
         )
 
     def exposition(self) -> tuple[bytes, bytes]:
-        """The content type and body for C{GET /metrics}."""
-        return CONTENT_TYPE_LATEST.encode("ascii"), generate_latest(self.registry)
+        return exposition(self.registry)

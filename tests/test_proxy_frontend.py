@@ -16,7 +16,6 @@ import attrs
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -29,6 +28,7 @@ from spmgmt.proxy.frontend import Proxy, ProxySite
 from spmgmt.proxy.router import Router
 from spmgmt.testing import ArrayHarness
 from spmgmt.tls import serverOptions, tlsServerFactory
+from tests.test_events import _StreamReader
 
 Behaviour = Callable[[Any], Any]
 
@@ -76,18 +76,6 @@ def drop(request: Any) -> Any:
     """Read the request, then die without answering."""
     request.channel.transport.abortConnection()
     return NOT_DONE_YET
-
-
-class _Body(Protocol):
-    def __init__(self) -> None:
-        self.data = b""
-        self.ended: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Any) -> None:
-        self.ended.callback(None)
 
 
 class ProxyRetryTests(TestCase):
@@ -220,7 +208,7 @@ class ProxyRetryTests(TestCase):
         self.router.update((1, "spa"))
         response = await self.client.get(self.url("/api/v1/events/stream"), unbuffered=True)
         self.assertEqual(response.code, 200)
-        body = _Body()
+        body = _StreamReader()
         response.deliverBody(body)
         deadline = time.monotonic() + 10
         while b"id: 5" not in body.data and time.monotonic() < deadline:
@@ -256,7 +244,7 @@ class ProxyRetryTests(TestCase):
         spa.behaviour = stream
         self.router.update((1, "spa"))
         response = await self.client.get(self.url("/api/v1/events/stream"), unbuffered=True)
-        body = _Body()
+        body = _StreamReader()
         response.deliverBody(body)
         deadline = time.monotonic() + 10
         while b"id: 2" not in body.data and time.monotonic() < deadline:
