@@ -23,7 +23,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials, IUsernamePassword, UsernamePassword
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import Interface, implementer
@@ -31,6 +31,7 @@ from zope.interface import Interface, implementer
 from spmgmt.config import ArrayConfig
 from spmgmt.passwords import checkPassword
 from spmgmt.problem import Problem
+from spmgmt.tls import peerIdentity
 
 ROLE_RANK = {"monitor": 1, "admin": 2}
 
@@ -57,6 +58,55 @@ class IBearerToken(ICredentials):
 @frozen
 class BearerToken:
     token: bytes
+
+
+class IVouched(ICredentials):
+    """
+    A name the proxy already authenticated, passed to an SP over the
+    proxy's mutual-TLS connection (L{vouchedCredentials}).
+    """
+
+
+@implementer(IVouched)
+@frozen
+class Vouched:
+    name: str
+
+
+#: The header naming the principal the proxy vouches for.
+PRINCIPAL_HEADER = b"x-spmgmt-principal"
+#: The certificate identity that may vouch.
+VOUCHER = "proxy"
+
+
+@implementer(ICredentialsChecker)
+class VouchedChecker:
+    """Accepts a vouched name if it is a configured user or token."""
+
+    credentialInterfaces = (IVouched,)
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self._names = names
+
+    def requestAvatarId(self, credentials: Vouched) -> Deferred[bytes]:
+        if credentials.name in self._names:
+            return succeed(credentials.name.encode("utf-8"))
+        return fail(UnauthorizedLogin(f"no user or token {credentials.name!r}"))
+
+
+def vouchedCredentials(request: Any) -> Vouched | None:
+    """
+    The proxy's word for who sent C{request}: only over a TLS connection
+    whose client certificate (from the array CA) names the proxy; a
+    header from anyone else is ignored.
+    """
+    names = request.requestHeaders.getRawHeaders(PRINCIPAL_HEADER)
+    if not names or len(names) != 1:
+        return None
+    transport = getattr(request.channel, "transport", None)
+    if transport is None or peerIdentity(transport) != VOUCHER:
+        return None
+    return Vouched(names[0].decode("utf-8", "replace"))
 
 
 @implementer(IRealm)
@@ -184,6 +234,7 @@ def portalFromConfig(reactor: Any, config: ArrayConfig, threadPool: Any = None) 
         [
             PasswordHashChecker(reactor, {u.name: u.password_hash for u in config.users}, threadPool=threadPool),
             BearerTokenChecker({t.name: t.sha256 for t in config.tokens}),
+            VouchedChecker(frozenset(roles)),
         ],
     )
 
@@ -290,12 +341,21 @@ class FailureLimiter:
 _CHALLENGE = b'Basic realm="spmgmt", charset="UTF-8", Bearer realm="spmgmt"'
 
 
-async def authenticate(portal: Portal, limiter: "FailureLimiter", request: Any, role: str) -> Principal:
+async def identify(portal: Portal, limiter: "FailureLimiter", request: Any) -> Principal | None:
     """
-    The principal of C{request}'s credentials, if it may act as C{role};
-    else a L{Problem} (401, 403, 429 after repeated failures from one
-    address, 503 while too many logins are being checked).
+    The principal of C{request}'s credentials (or of the proxy's word for
+    it, L{vouchedCredentials}); L{None} if it has none; else a L{Problem}
+    (401, 429 after repeated failures from one address, 503 while too many
+    logins are being checked).
     """
+    unauthorized = {b"WWW-Authenticate": _CHALLENGE}
+    vouched = vouchedCredentials(request)
+    if vouched is not None:
+        try:
+            _, principal, _ = await portal.login(vouched, None, IPrincipal)
+        except LoginFailed:
+            raise Problem(401, "The proxy vouched for an unknown name.", headers=unauthorized) from None
+        return principal  # type: ignore[no-any-return]
     peer = getattr(request.getClientAddress(), "host", "unknown")
     wait = limiter.retryAfter(peer)
     if wait is not None:
@@ -304,14 +364,13 @@ async def authenticate(portal: Portal, limiter: "FailureLimiter", request: Any, 
             "Too many failed logins from this address.",
             headers={b"Retry-After": str(int(wait) + 1).encode()},
         )
-    unauthorized = {b"WWW-Authenticate": _CHALLENGE}
     try:
         credentials = credentialsFromHeader(request.getHeader(b"authorization"))
     except BadAuthorizationHeader as e:
         limiter.failed(peer)
         raise Problem(401, str(e), headers=unauthorized) from None
     if credentials is None:
-        raise Problem(401, "Credentials are required.", headers=unauthorized)
+        return None
     # Counted as a failure until it succeeds: guesses sent in parallel
     # all count, not just those that finished before the next began.
     limiter.failed(peer)
@@ -326,6 +385,17 @@ async def authenticate(portal: Portal, limiter: "FailureLimiter", request: Any, 
         limiter.forgive(peer)
         raise
     limiter.forgive(peer)
+    return principal  # type: ignore[no-any-return]
+
+
+async def authenticate(portal: Portal, limiter: "FailureLimiter", request: Any, role: str) -> Principal:
+    """
+    The principal of C{request} (L{identify}), if it may act as C{role};
+    else a L{Problem}: 401 without credentials, 403 for a lesser role.
+    """
+    principal = await identify(portal, limiter, request)
+    if principal is None:
+        raise Problem(401, "Credentials are required.", headers={b"WWW-Authenticate": _CHALLENGE})
     if not principal.mayAct(role):
         raise Problem(403, f"This needs the {role} role; {principal.name} is {principal.role}.")
     return principal

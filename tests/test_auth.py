@@ -22,6 +22,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from spmgmt import passwords
 from spmgmt.auth import (
+    Vouched,
+    VouchedChecker,
+    vouchedCredentials,
     BadAuthorizationHeader,
     BearerToken,
     BearerTokenChecker,
@@ -653,3 +656,25 @@ class LoginFloodTests(SynchronousTestCase):
         later = checker.requestAvatarId(UsernamePassword(b"admin", b"later"))
         reactor.pool.runPending()
         self.assertEqual(self.successResultOf(later), b"admin")
+
+
+class VouchedTests(SynchronousTestCase):
+    """The proxy's word for a user: only a known name, only from the proxy."""
+
+    def test_checker(self) -> None:
+        checker = VouchedChecker(frozenset({"admin"}))
+        self.assertEqual(self.successResultOf(checker.requestAvatarId(Vouched("admin"))), b"admin")
+        self.failureResultOf(checker.requestAvatarId(Vouched("root")), UnauthorizedLogin)
+
+    def test_notFromAPlainConnection(self) -> None:
+        """Without a verified client certificate naming the proxy, the header is ignored."""
+        from twisted.internet.testing import StringTransport
+        from twisted.web.http_headers import Headers
+
+        request = SimpleNamespace(
+            requestHeaders=Headers({b"X-SPMgmt-Principal": [b"admin"]}),
+            channel=SimpleNamespace(transport=StringTransport()),
+        )
+        self.assertIsNone(vouchedCredentials(request))
+        request.requestHeaders = Headers()
+        self.assertIsNone(vouchedCredentials(request))

@@ -256,6 +256,27 @@ class ProxyRetryTests(TestCase):
         for d in finished:
             await d.addErrback(lambda _: None)
 
+    async def test_proxyChecksCredentialsAndVouches(self) -> None:
+        """
+        The SP gets the name the proxy checked, never the password; bad
+        credentials stop at the proxy.
+        """
+        spa = self.sp("spa")
+        self.router.update((1, "spa"))
+        auth = ("monitor", self.harness.passwords["monitor"])
+        response = await self.client.get(self.url("/api/v1/sps"), auth=auth)
+        self.assertEqual(response.code, 200)
+        (get,) = spa.received
+        self.assertEqual(get[2][b"X-Spmgmt-Principal"], [b"monitor"])
+        self.assertNotIn(b"Authorization", get[2])
+        response = await self.client.get(self.url("/api/v1/sps"), auth=("monitor", "wrong"))
+        self.assertEqual(response.code, 401)
+        self.assertIn("Basic", response.headers.getRawHeaders("WWW-Authenticate")[0])
+        self.assertEqual(len(spa.received), 1)
+        anonymous = await self.client.get(self.url("/api/v1/sps"), headers={"X-SPMgmt-Principal": "admin"})
+        self.assertEqual(anonymous.code, 200)
+        self.assertNotIn(b"X-Spmgmt-Principal", spa.received[1][2])
+
     def _retries(self, outcome: str) -> float:
         value = self.metrics.registry.get_sample_value("spmgmt_proxy_retries_total", {"outcome": outcome})
         return value or 0.0

@@ -367,6 +367,12 @@ class ProxyOwnRoutesTests(ArrayTestMixin, TestCase):
             return all(s["reachable"] for s in view["proxy"]["sps"].values())
 
         await array.waitFor(probed, 5.0, "the proxy to probe both SPs")
+        # Only the proxy's certificate may vouch for a user.
+        forged = await array.request(
+            "spa", "POST", "/api/v1/array/switchover", user=None, headers={"X-SPMgmt-Principal": "admin"}
+        )
+        self.assertEqual(forged.code, 401)
+        self.assertEqual((await array.request("proxy", "GET", "/api/v1/sps", user=None)).code, 401)
         await array.kill("spb")
 
         async def unreachable() -> bool:

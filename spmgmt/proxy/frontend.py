@@ -22,7 +22,7 @@ from twisted.web.http import datetimeToLogString
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from spmgmt.auth import FailureLimiter, authenticate
+from spmgmt.auth import PRINCIPAL_HEADER, FailureLimiter, Principal, authenticate, identify
 from spmgmt.config import ArrayConfig
 from spmgmt.httpserver import GuardedChannel, refuseRaw
 from spmgmt.metrics import ProxyMetrics
@@ -145,6 +145,9 @@ class Proxy:
         lastEventId = request.getHeader(b"last-event-id")
         if lastEventId is not None and not _EVENT_ID.fullmatch(lastEventId):
             lastEventId = None
+        # Checked here, once: an SP new to the token need not check a
+        # password (scrypt) on the first request after a failover.
+        request.principal = await identify(self._portal, self._limiter, request)
         attempt, action = await self.exchange(request, send, lastEventId)
         if action is Action.OUTCOME_UNKNOWN:
             self.metrics.outcomeUnknown.inc()
@@ -200,6 +203,10 @@ class Proxy:
                     return last, Action.DELIVER
                 return last or Attempt((0, ""), Outcome.NOT_SENT), Action.UNAVAILABLE
             headers = upstreamHeaders(request.requestHeaders, request.requestId, route[0], forwardedFor, lastEventId)
+            if request.principal is not None:
+                # SPs never see the client's secret, only whom we vouch for.
+                headers.removeHeader(b"authorization")
+                headers.setRawHeaders(PRINCIPAL_HEADER, [request.principal.name.encode("utf-8")])
             attempt = await self.backends.attempt(route, method, request.uri, headers, body)
             decision = policy.decide(method, attempt.outcome, retries, self.monotonic(), deadline)
             if decision.action is not Action.RETRY:
@@ -406,6 +413,8 @@ class ProxyRequest(Request):
     """
 
     requestId = b""
+    #: Who sent it, as the proxy checked (L{None}: no credentials).
+    principal: Principal | None = None
     _tooLarge = False
     _bodyBytes = 0
 

@@ -124,7 +124,9 @@ def makeSPService(reactor: Any, config: ArrayConfig, sp: SPConfig) -> MultiServi
     agent.healthSnapshot = monitor.snapshot
     monitor.setServiceParent(top)
 
-    contextFactory = serverOptions(sp.cert, sp.key, acceptableProtocols=[b"http/1.1"])
+    # A client certificate is asked for, not required: the proxy presents
+    # its own, which lets it vouch for the users it authenticated.
+    contextFactory = serverOptions(sp.cert, sp.key, config.ca, acceptableProtocols=[b"http/1.1"])
     webFactory = ConnectionCap(tlsServerFactory(web.site, contextFactory, reactor), config.limits.max_connections)
     strports.service(listenDescription(sp.web), webFactory, reactor=reactor).setServiceParent(top)
     # The peer channel: client certificates from the array CA are required,
