@@ -38,3 +38,19 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) _trial_temp* .pytest_cache .hypothesis
+
+# Benchmarks (bench/README.md): the Debian packages they need
+# (scripts/bench-packages.txt: haproxy, wrk), then each bench once, printing
+# Markdown; `make bench BENCH_FLAGS=--record` rewrites bench/RESULTS.md.
+.PHONY: bench bench-packages
+BENCH_FLAGS ?=
+
+bench-packages: $(STAMP)
+	$(PY) -c 'import sys; sys.path.insert(0, "bench"); import _common; _common.ensureDebianPackages()'
+
+bench: $(STAMP) bench-packages
+	$(PY) bench/peer_bench.py $(BENCH_FLAGS)
+	$(PY) bench/failover_bench.py $(BENCH_FLAGS)
+	$(PY) bench/proxy_gap_bench.py $(BENCH_FLAGS)
+	$(PY) bench/proxy_throughput_bench.py $(BENCH_FLAGS)
+	$(PY) bench/proxy_idle_bench.py $(BENCH_FLAGS)

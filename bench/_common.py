@@ -328,3 +328,21 @@ def processMemory(pid: int) -> dict[str, float]:
     except OSError:
         pass
     return out
+
+
+def disturbed(cpu: dict[str, float], force: bool) -> bool:
+    """
+    Whether C{--record} must leave C{RESULTS.md} alone: other processes
+    used more than L{OTHERS_LIMIT} CPUs on average during the measurement
+    and C{--force-record} was not given (then say so on stderr).  The
+    recorded CPU line always says how busy the machine was.
+    """
+    others = cpu["others"] / cpu["wall"]
+    if others <= OTHERS_LIMIT or force:
+        return False
+    print(
+        f"not recorded: other processes used {others:.2f} CPUs (> {OTHERS_LIMIT:.2f}) while measuring; "
+        "rerun on a quiet machine or pass --force-record",
+        file=sys.stderr,
+    )
+    return True

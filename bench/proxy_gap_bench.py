@@ -62,7 +62,7 @@ from twisted.internet.task import react
 
 # From bench/ (on sys.path when run as a script); it puts the repository root there too.
 from _common import REPO, RESULTS, CPUWindow, codeUnderTest, command, cpuLine, machine, milliseconds
-from _common import percentile, processMemory, record, withDeadline
+from _common import disturbed, percentile, processMemory, record, withDeadline
 from failover_bench import settle, sleep
 
 from spmgmt.testing import ArrayHarness
@@ -196,11 +196,6 @@ async def settleAll(harness: ArrayHarness) -> dict[str, Any]:
     raise RuntimeError("the proxy never routed to the settled holder")
 
 
-async def lastMove(harness: ArrayHarness, via: str) -> dict[str, Any]:
-    response = await harness.request(via, "GET", "/api/v1/array", timeout=2.0)
-    return response.json().get("last_move") or {}  # type: ignore[no-any-return]
-
-
 async def inject(harness: ArrayHarness, fault: str, holder: str, other: str) -> Deferred[Any] | None:
     if fault == "sigkill":
         harness.signal(holder, signal.SIGKILL)
@@ -234,6 +229,7 @@ async def trial(
     holder, before = token["holder"], int(token["epoch"])
     other = next(sp for sp in SPS if sp != holder)
     await sleep(reactor, jitter)
+    t0wall = time.time()
     t0 = time.monotonic()
     pending = await inject(harness, fault, holder, other)
     switched: dict[str, Any] = {}
@@ -254,13 +250,13 @@ async def trial(
         log.poll()
     finally:
         await undo(harness, fault, holder)
-    move = await lastMove(harness, other)
-    return analyse(log, fault, holder, other, before, t0, move, switched)
+    sample = analyse(log, fault, holder, other, before, t0, switched)
+    sample["t0wall"] = t0wall
+    return sample
 
 
 def analyse(
-    log: ClientLog, fault: str, holder: str, other: str, before: int, t0: float,
-    move: dict[str, Any], switched: dict[str, Any],
+    log: ClientLog, fault: str, holder: str, other: str, before: int, t0: float, switched: dict[str, Any],
 ) -> dict[str, Any]:
     window = [r for r in log.records if r["done"] >= t0 - LEAD]
     firstNew = next(r for r in window if r["status"] == 200 and (r["epoch"] or 0) > before)
@@ -276,9 +272,8 @@ def analyse(
         "t0": t0,
         "from": holder,
         "to": other,
-        "reason": move.get("reason", ""),
-        "epochs": int(move.get("epoch") or 0) - before,
-        "new_epoch_served": firstNew["epoch"] - before,
+        "before": before,
+        "new_epoch": firstNew["epoch"],
         "gap": gap,
         "to_new": firstNew["done"] - t0,
         "last_old_after_t0": None if lastOld is None else lastOld - t0,
@@ -288,6 +283,55 @@ def analyse(
         "reconnects": len(conns) - 1,
         "requests": len(inside),
     }
+
+
+def arbiterEvents(harness: ArrayHarness) -> list[dict[str, Any]]:
+    """The arbiter's event history (C{events.jsonl} beside its epoch file; the log rotates)."""
+    import json
+
+    path = harness.path("var/state/arbiter/events.jsonl")
+    events = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
+def addBreakdown(samples: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
+    """
+    Split each gap with the arbiter's own events (wall clock, same host):
+    noticed = the revoke of the old epoch (the arbiter decided the holder is
+    gone; for a switchover, the planned revoke), granted = the first grant
+    of the new epoch (after its fsync), routed = the new holder's
+    acknowledgement (the C{token} event: the proxy's router switches there,
+    in the same process), then the proxy's retry on the new holder until
+    the client has its answer.  Also the move's reason and how many epochs
+    it took, from the same events.
+    """
+    for s in samples:
+        t0 = s["t0wall"]
+        revoke = [e for e in events if e["kind"] == "revoke" and e.get("epoch") == s["before"]]
+        grants = [e for e in events if e["kind"] == "grant" and e.get("epoch", 0) > s["before"]
+                  and e["time"] >= t0 - 1.0]
+        firstGrant = grants[0] if grants else None
+        token = [e for e in events if e["kind"] == "token" and firstGrant is not None
+                 and e.get("epoch") == firstGrant["epoch"]]
+        s["reason"] = firstGrant.get("reason", "") if firstGrant else ""
+        s["epochs"] = s["new_epoch"] - s["before"]
+        if not (revoke and firstGrant and token):
+            continue
+        served = t0 + s["to_new"]
+        s["noticed"] = revoke[0]["time"] - t0
+        s["granted"] = firstGrant["time"] - revoke[0]["time"]
+        s["routed"] = token[0]["time"] - firstGrant["time"]
+        s["retry"] = served - token[0]["time"]
+        s["epochs"] = s["new_epoch"] - s["before"]
 
 
 # -- report --------------------------------------------------------------------------
@@ -321,6 +365,31 @@ def table(samples: list[dict[str, Any]], p: dict[str, float]) -> str:
             f"| {sum(s['errors'] for s in rows)} | {sum(s['reconnects'] for s in rows)} | {bound[fault]} |"
         )
     return "\n".join(lines)
+
+
+def breakdownTable(samples: list[dict[str, Any]]) -> list[str]:
+    rows = [s for s in samples if "noticed" in s]
+    lines = [
+        "Where the time from the fault to the first new-holder 200 goes (the token events in the "
+        f"arbiter's history (`events.jsonl`), wall clock; {len(rows)} of {len(samples)} trials matched), median / max ms:",
+        "",
+        "| fault | fault → arbiter revokes the holder | → grant sent (epoch fsynced) | → new holder acknowledged "
+        "(the proxy routes to it) | → the client's first 200 (the proxy's retry on the new holder) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+
+    def mm(values: list[float]) -> str:
+        return f"{ms(percentile(values, 50))} / {ms(max(values))}" if values else "–"
+
+    for fault in FAULTS:
+        mine = [s for s in rows if s["fault"] == fault]
+        if not mine:
+            continue
+        lines.append(
+            f"| `{fault}` | {mm([s['noticed'] for s in mine])} | {mm([s['granted'] for s in mine])} "
+            f"| {mm([s['routed'] for s in mine])} | {mm([s['retry'] for s in mine])} |"
+        )
+    return lines
 
 
 def verdicts(samples: list[dict[str, Any]], p: dict[str, float]) -> list[str]:
@@ -425,6 +494,8 @@ def report(
             "",
             table(samples, p),
             "",
+            *breakdownTable(samples),
+            "",
             "Targets (issue 5):",
             "",
             *verdicts(samples, p),
@@ -492,16 +563,19 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
                 print(
                     f"trial {n + 1:2}/{args.trials} {fault:10} {s['from']}→{s['to']} gap {ms(s['gap']):>6} ms  "
                     f"fault→new {ms(s['to_new']):>6} ms  held {ms(s['held']):>6} ms  errors {s['errors']} "
-                    f"reconnects {s['reconnects']}  ({s['reason']}, epoch +{s['epochs']})",
+                    f"reconnects {s['reconnects']}  (epoch {s['before']} → {s['new_epoch']})",
                     file=sys.stderr,
                 )
         cpu = window.close()
         log.poll()
+        addBreakdown(samples, arbiterEvents(harness))
         rss = processMemory(harness.pid("proxy"))
         text = report(samples, wholeRun(log), p, cpu, args, time.monotonic() - began, rss,
                       baselinePace(log, samples, spans))
         print(text)
         if args.record:
+            if disturbed(cpu, args.force_record):
+                raise SystemExit(3)
             record(text, MARKER)
             print(f"recorded in {RESULTS.relative_to(REPO)}", file=sys.stderr)
         ok = True
@@ -534,6 +608,7 @@ def main(reactor: Any, argv: list[str]) -> Deferred[None]:
     parser.add_argument("--path", default="/api/v1/sps", help="the route the client GETs (default /api/v1/sps)")
     parser.add_argument("--interval", type=float, default=0.005, help="seconds between GETs (default 0.005)")
     parser.add_argument("--record", action="store_true", help="write the results into bench/RESULTS.md")
+    parser.add_argument("--force-record", action="store_true", help="record even if others used the CPUs")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random pre-fault pauses (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the array directory (config, logs, client log)")
     parser.add_argument("--deadline", type=float, default=600.0, help="give up after this many seconds (600)")

@@ -54,7 +54,7 @@ from twisted.internet.threads import deferToThread
 
 # From bench/ (on sys.path when run as a script); it puts the repository root there too.
 from _common import REPO, RESULTS, CPUWindow, codeUnderTest, command, cpuLine, ensureDebianPackages, machine
-from _common import percentile, processCPU, processMemory, record, withDeadline
+from _common import disturbed, percentile, processCPU, processMemory, record, withDeadline
 from failover_bench import settle
 
 from spmgmt.testing import ArrayHarness, _PDEATHSIG_EXEC, freePorts
@@ -407,13 +407,8 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
         rss = {name: processMemory(pid) for name, pid in pids.items()}
         text = report(runs, holder, cpu, args, time.monotonic() - began, versions, config, rss)
         print(text)
-        others = cpu["others"] / cpu["wall"]
         if args.record:
-            from _common import OTHERS_LIMIT
-
-            if others > OTHERS_LIMIT and not args.force_record:
-                print(f"not recorded: other processes used {others:.2f} CPUs (> {OTHERS_LIMIT:.2f}); "
-                      "rerun on a quiet machine or pass --force-record", file=sys.stderr)
+            if disturbed(cpu, args.force_record):
                 raise SystemExit(3)
             record(text, MARKER)
             print(f"recorded in {RESULTS.relative_to(REPO)}", file=sys.stderr)
