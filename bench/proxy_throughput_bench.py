@@ -155,6 +155,21 @@ def httpsGet(port: int, path: str, ca: Path, auth: str | None) -> int:
 
 # -- wrk -----------------------------------------------------------------------------
 
+#: Counts the answers by status (wrk itself only says how many were not 2xx/3xx).
+STATUS_SCRIPT = """\
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) statuses = {} end
+function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
+function done(summary, latency, requests)
+  local total = {}
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("statuses")) do total[k] = (total[k] or 0) + v end
+  end
+  for k, v in pairs(total) do io.write(string.format("status %d %d\\n", k, v)) end
+end
+"""
+
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
 
@@ -168,7 +183,7 @@ def _seconds(text: str) -> float:
 def parseWrk(text: str) -> dict[str, Any]:
     out: dict[str, Any] = {"non2xx": 0, "socket_errors": 0}
     for q in ("50", "75", "90", "99"):
-        m = re.search(rf"^\s+{q}%\s+(\S+)$", text, re.M)
+        m = re.search(rf"^\s+{q}%\s+(\S+)\s*$", text, re.M)
         if m:
             out[f"p{q}"] = _seconds(m.group(1))
     m = re.search(r"^\s+(\d+) requests in ([0-9.]+\w+),", text, re.M)
@@ -183,6 +198,7 @@ def parseWrk(text: str) -> dict[str, Any]:
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     if m:
         out["socket_errors"] = sum(int(v) for v in m.groups())
+    out["statuses"] = {int(k): int(v) for k, v in re.findall(r"^status (\d+) (\d+)$", text, re.M)}
     if "rps" not in out or "p99" not in out:
         raise RuntimeError(f"cannot read wrk's output:\n{text}")
     return out
@@ -190,9 +206,9 @@ def parseWrk(text: str) -> dict[str, Any]:
 
 async def runWrk(
     reactor: Any, port: int, path: str, auth: str | None, connections: int, duration: float,
-    pids: dict[str, int],
+    pids: dict[str, int], script: Path,
 ) -> dict[str, Any]:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "10s"]
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "10s", "-s", str(script)]
     if auth:
         argv += ["-H", f"Authorization: {auth}"]
     argv.append(f"https://127.0.0.1:{port}{path}")
@@ -224,6 +240,18 @@ def cases(args: argparse.Namespace, holder: str) -> list[tuple[str, bool, int]]:
     return [(path, auth, c) for path, auth in routes for c in args.connections]
 
 
+def _kinds(runs: list[dict[str, Any]]) -> str:
+    """The non-200 answers and socket errors of C{runs}, in words (empty if none)."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        for status, n in r.get("statuses", {}).items():
+            if status != 200:
+                counts[str(status)] = counts.get(str(status), 0) + n
+        if r["socket_errors"]:
+            counts["socket errors"] = counts.get("socket errors", 0) + r["socket_errors"]
+    return " (" + ", ".join(f"{v} × {k}" for k, v in sorted(counts.items())) + ")" if counts else ""
+
+
 def caseTable(runs: list[dict[str, Any]], path: str, c: int) -> list[str]:
     rows = [r for r in runs if r["path"] == path and r["c"] == c]
     med: dict[str, dict[str, float]] = {}
@@ -236,6 +264,7 @@ def caseTable(runs: list[dict[str, Any]], path: str, c: int) -> list[str]:
             "p50": percentile([r["p50"] for r in mine], 50),
             "p99": percentile([r["p99"] for r in mine], 50),
             "errors": sum(r["non2xx"] + r["socket_errors"] for r in mine),
+            "kinds": _kinds(mine),
             "n": len(mine),
             **{f"cpu_{k}": percentile([r["cpu"][k] for r in mine], 50) for k in mine[0]["cpu"]},
         }
@@ -257,7 +286,7 @@ def caseTable(runs: list[dict[str, Any]], path: str, c: int) -> list[str]:
         lines.append(
             f"| {t} | {m['rps']:.0f} ({m['lo']:.0f}–{m['hi']:.0f}) "
             f"| {m['rps'] / med['haproxy']['rps']:.2f} / {ratios[t]:.2f} | {fmtMs(m['p50'])} | {fmtMs(m['p99'])} "
-            f"| {m['errors']:.0f} | {m['cpu_active']:.2f} | {m['cpu_proxy']:.2f} | {m['cpu_haproxy']:.2f} "
+            f"| {m['errors']:.0f}{m['kinds']} | {m['cpu_active']:.2f} | {m['cpu_proxy']:.2f} | {m['cpu_haproxy']:.2f} "
             f"| {m['cpu_wrk']:.2f} |"
         )
     lines.append("")
@@ -382,10 +411,12 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
             "proxy": harness.config.proxy.tls.port,
             "haproxy": haPort,
         }
+        script = harness.path("etc/statuses.lua")
+        script.write_text(STATUS_SCRIPT)
         # Warm up: logins cached on the SP, pools filled, code paths hot.
         for path, withAuth, c in cases(args, holder):
             for target in TARGETS:
-                await runWrk(reactor, ports[target], path, auth if withAuth else None, c, 1.0, pids)
+                await runWrk(reactor, ports[target], path, auth if withAuth else None, c, 1.0, pids, script)
 
         window = CPUWindow(harness, irqApart=False)
         runs: list[dict[str, Any]] = []
@@ -393,7 +424,9 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
             order = TARGETS[n % 3:] + TARGETS[: n % 3]
             for path, withAuth, c in cases(args, holder):
                 for target in order:
-                    r = await runWrk(reactor, ports[target], path, auth if withAuth else None, c, args.duration, pids)
+                    r = await runWrk(
+                        reactor, ports[target], path, auth if withAuth else None, c, args.duration, pids, script
+                    )
                     r.update(round=n, target=target, path=path, c=c)
                     runs.append(r)
                     print(
