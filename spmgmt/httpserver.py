@@ -7,6 +7,9 @@ F22), for Twisted's L{HTTPChannel} and L{Site}:
     first byte arrived (slowloris, bare-LF requests that are never parsed)
     and for finishing the TLS handshake; then 408 and close.  An idle
     keep-alive connection (no request started) is left to the idle timeout.
+    A refused connection gets the same deadline to close (a TLS peer that
+    never answers our close alert is cut off), and a C{Transfer-Encoding}
+    other than C{chunked} is refused (H1).
   - L{ConnectionCap}: at most so many connections; the next is closed at
     once, and those already open are untouched.
   - L{refuseRaw}: answer a request with a problem and close, without
@@ -16,6 +19,7 @@ F22), for Twisted's L{HTTPChannel} and L{Site}:
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Callable
 
 from twisted.internet.interfaces import IHandshakeListener, INegotiated
@@ -27,6 +31,9 @@ from zope.interface import implementer
 from spmgmt.problem import CONTENT_TYPE, Problem
 
 _log = Logger()
+
+#: A request target: visible ASCII only (RFC 9112 section 3.2).
+_TARGET = re.compile(rb"[\x21-\x7e]+")
 
 
 def refuseRaw(channel: Any, problem: Problem, extra: dict[bytes, bytes] | None = None) -> None:
@@ -45,7 +52,17 @@ def refuseRaw(channel: Any, problem: Problem, extra: dict[bytes, bytes] | None =
     lines += [name + b": " + value for name, value in (extra or {}).items()]
     channel.dataReceived = lambda data: None
     channel.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
-    channel.transport.loseConnection()
+    refused = getattr(channel, "refused", None)
+    if refused is not None:
+        refused()
+    if isinstance(channel, HTTPChannel):
+        # Not transport.loseConnection(): the channel is the transport's
+        # producer, and TLS does not close (not even send its close alert)
+        # while a producer is registered, so the connection would stay open,
+        # its bytes read and dropped, until the idle timeout.
+        channel.loseConnection()
+    else:
+        channel.transport.loseConnection()
 
 
 @implementer(IHandshakeListener)
@@ -63,29 +80,92 @@ class GuardedChannel(HTTPChannel):
     onRefused: Callable[[str], None] = staticmethod(lambda why: None)
     _readCall: Any = None
     _handshaking = False
+    #: No more requests are read: the connection is being closed.
+    _closing = False
+    #: Answered with L{refuseRaw}: nothing more is processed.
+    _refused = False
+    _idleTimeout: float | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self._idleTimeout = self.timeOut
         if INegotiated.providedBy(self.transport):
             self._handshaking = True
             self._armRead()
 
     def handshakeCompleted(self) -> None:
         self._handshaking = False
-        self._disarmRead()
+        if not self._closing:
+            self._disarmRead()
 
     def dataReceived(self, data: bytes) -> None:
         # _handlingRequest: a response is being made; bytes that arrive now
         # are the next (pipelined) request, timed when it is parsed.
-        if self._readCall is None and not self._handlingRequest and data:
+        if self._readCall is None and not self._handlingRequest and not self._closing and data:
             self._armRead()
         super().dataReceived(data)
+        # A request answered at once (while the bytes above were parsed) was
+        # followed by the start of another in the same bytes: that one is
+        # timed from now, or it would wait for the idle timeout.
+        if (
+            self._readCall is None
+            and not self._handlingRequest
+            and not self._closing
+            and (self.requests or self._buffer)
+        ):
+            self._armRead()
+
+    def headerReceived(self, line: bytes) -> bool:
+        name, colon, value = line.partition(b":")
+        if colon and name.lower() == b"transfer-encoding" and value.strip(b" \t").lower() != b"chunked":
+            # Twisted ignores "identity", so the body would be read as the
+            # next request: a front end that honours it would disagree (H1).
+            refuseRaw(self, Problem(400, "Transfer-Encoding must be chunked."))
+            return False
+        return bool(super().headerReceived(line))
+
+    def allHeadersReceived(self) -> None:
+        if not _TARGET.fullmatch(self._path):
+            # Twisted's parser lets through 0x7F-0xB0 (it compares with 176,
+            # meaning octal 0176); its client then refuses such a target
+            # with a ValueError (H11).
+            self.requests[-1].gotLength(0)
+            refuseRaw(self, Problem(400, "The request target must be visible ASCII (RFC 9112 3.2)."))
+            return
+        super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
-        self._disarmRead()
+        if self._refused:
+            return  # answered already: the request is not processed
+        if not self._closing:  # else the deadline bounds the close
+            self._disarmRead()
         super().allContentReceived()
 
+    def loseConnection(self) -> None:
+        self._closing = True
+        # The idle timeout is off while a request is handled; a TLS peer
+        # that never answers our close alert would keep the connection.
+        if self.timeOut is None and self._idleTimeout:
+            self.setTimeout(self._idleTimeout)
+        super().loseConnection()
+
+    def refused(self) -> None:
+        """
+        We answered with a refusal and close (L{refuseRaw}): the peer has
+        C{readTimeout} to let the connection close, then it is cut off.
+        """
+        self._refused = self._closing = True
+        self._disarmRead()
+        self._armRead()
+
+    def timeoutConnection(self) -> None:
+        if self._closing:
+            self.transport.abortConnection()
+            return
+        super().timeoutConnection()
+
     def connectionLost(self, reason: Any) -> None:
+        self._closing = True
         self._disarmRead()
         super().connectionLost(reason)
 
@@ -101,6 +181,10 @@ class GuardedChannel(HTTPChannel):
         self._readCall = None
         if self._handshaking:
             self.onRefused("handshake timeout")
+            self.transport.abortConnection()
+            return
+        if self._closing or self.transport.disconnecting:
+            # Already answered (a refusal, or Twisted's own 400) and closing.
             self.transport.abortConnection()
             return
         self.onRefused("read timeout")
