@@ -277,6 +277,22 @@ class ProxyRetryTests(TestCase):
         self.assertEqual(anonymous.code, 200)
         self.assertNotIn(b"X-Spmgmt-Principal", spa.received[1][2])
 
+    async def test_unsendableTargetIs400(self) -> None:
+        """Bytes Twisted's client will not send are the client's error (H11)."""
+        from twisted.web.http_headers import Headers
+
+        from spmgmt.problem import Problem
+
+        with self.assertRaises(Problem) as raised:
+            await self.backends.attempt((7, "spa"), b"GET", b"/a\x7fb", Headers(), None)
+        self.assertEqual(raised.exception.status, 400)
+
+    async def test_ownRoutesOnlyGetAndHead(self) -> None:
+        response = await self.client.post(self.url("/healthz"), data=b"x")
+        self.assertEqual(response.code, 405)
+        self.assertEqual(response.headers.getRawHeaders("Allow"), ["GET, HEAD"])
+        self.assertEqual((await self.client.head(self.url("/healthz"))).code, 200)
+
     def _retries(self, outcome: str) -> float:
         value = self.metrics.registry.get_sample_value("spmgmt_proxy_retries_total", {"outcome": outcome})
         return value or 0.0

@@ -29,6 +29,7 @@ from twisted.web._newclient import RequestNotSent
 from zope.interface import implementer
 
 from spmgmt.config import ArrayConfig
+from spmgmt.problem import Problem
 from spmgmt.proxy.policy import IDEMPOTENT, Outcome
 from spmgmt.proxy.router import Route, Router
 from spmgmt.tls import clientOptions
@@ -204,7 +205,11 @@ class Backends:
         """
         epoch, sp = route
         producer = ProvenBody(body) if body is not None else None
-        d = self.agent.request(method, self.url(sp, target), headers, producer)
+        try:
+            d = self.agent.request(method, self.url(sp, target), headers, producer)
+        except ValueError as e:
+            # Twisted's client refuses bytes it cannot send (H11).
+            raise Problem(400, f"The request cannot be forwarded: {e}") from None
         unwatch = self._watch(epoch, method, d)
         d.addTimeout(self._timeout, self._reactor)
         try:

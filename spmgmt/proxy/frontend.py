@@ -96,6 +96,8 @@ class Proxy:
         except BadRequestId as e:
             raise Problem(400, str(e)) from None
         request.setHeader(b"X-Request-Id", request.requestId)
+        if request.path in (b"/healthz", b"/metrics") and request.method not in (b"GET", b"HEAD"):
+            raise Problem(405, "Only GET and HEAD.", headers={b"Allow": b"GET, HEAD"})
         if request.path == b"/healthz":
             self.answerJSON(request, 200, self.healthz())
             return
