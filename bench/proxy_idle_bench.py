@@ -149,7 +149,9 @@ def diagnosis(
         f"- command (repo root): `{command('bench/proxy_idle_bench.py')}`",
         f"- the proxy runs with `PYTHONTRACEMALLOC=1` (tracing adds its own memory and time: these RSS figures "
         f"are not those of a normal run); dumps (SIGUSR2, `bench/_memdump/sitecustomize.py`) before the client "
-        f"connects and with {n} connections open, each after one GET",
+        f"connects and with {n} connections open, each after one GET; a dump stops the proxy's reactor for "
+        "a second or more, long enough for the arbiter in it to miss heartbeats and move the token (harmless "
+        "here: only memory is measured)",
         "",
         "| per connection | bytes |",
         "| --- | ---: |",
@@ -255,6 +257,8 @@ def report(
             f"per request, {args.concurrency} in flight) |"
             if got.get("p50") is not None else
             f"| GET on every connection after the failover | {fmtCounts(got['counts'])} in {got['seconds']:.1f} s |",
+            f"| answered on the same connection after the failover (any status) | "
+            f"{sum(v for k, v in got['counts'].items() if k[:1].isdigit())} of {n} |",
             f"| **usable after the failover (200)** | **{usable} of {n}** |",
             "",
             "The proxy process at each step:",
