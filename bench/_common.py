@@ -83,6 +83,12 @@ def machine() -> dict[str, str]:
         pass
     from twisted.internet import reactor
 
+    try:
+        from OpenSSL import SSL
+
+        tls = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
+    except Exception:  # noqa: BLE001 - a fact for the report only
+        tls = "unknown"
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "nproc": str(nproc),
@@ -91,6 +97,9 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "twisted": twisted.__version__,
         "openssl": ssl.OPENSSL_VERSION,
+        # What Twisted's TLS (pyOpenSSL) runs on: cryptography's own OpenSSL,
+        # not the system one that Python's ssl module (and HAProxy) use.
+        "tls": tls,
         "reactor": type(reactor).__module__ + "." + type(reactor).__name__,
     }
 

@@ -467,7 +467,7 @@ def report(
             "",
             f"- date: {when}",
             f"- machine: {m['nproc']} CPUs (nproc), {m['cpu']}, Linux {m['kernel']}",
-            f"- software: Python {m['python']}, Twisted {m['twisted']}, {m['openssl']}, {m['reactor']}",
+            f"- software: Python {m['python']}, Twisted {m['twisted']} (TLS: pyOpenSSL on {m['tls']}), clients' Python ssl on {m['openssl']}, {m['reactor']}",
             f"- code: {codeUnderTest()}",
             f"- command (repo root): `{command('bench/proxy_gap_bench.py')}`",
             f"- run: proxy (arbiter + TLS front end) + spa + spb (`twistd`, 127.0.0.1) for the whole run; "

@@ -145,7 +145,7 @@ def diagnosis(
     lines += [
         "## Where an idle connection's memory goes in the proxy (`bench/proxy_idle_bench.py --diagnose`)",
         "",
-        f"- date: {when}; code: {codeUnderTest()}; Python {m['python']}, Twisted {m['twisted']}, {m['openssl']}",
+        f"- date: {when}; code: {codeUnderTest()}; Python {m['python']}, Twisted {m['twisted']}, TLS: pyOpenSSL on {m['tls']}",
         f"- command (repo root): `{command('bench/proxy_idle_bench.py')}`",
         f"- the proxy runs with `PYTHONTRACEMALLOC=1` (tracing adds its own memory and time: these RSS figures "
         f"are not those of a normal run); dumps (SIGUSR2, `bench/_memdump/sitecustomize.py`) before the client "
@@ -234,7 +234,7 @@ def report(
             "",
             f"- date: {when}",
             f"- machine: {m['nproc']} CPUs (nproc), {m['cpu']}, Linux {m['kernel']}",
-            f"- software: Python {m['python']}, Twisted {m['twisted']}, {m['openssl']}, {m['reactor']}",
+            f"- software: Python {m['python']}, Twisted {m['twisted']} (TLS: pyOpenSSL on {m['tls']}), clients' Python ssl on {m['openssl']}, {m['reactor']}",
             f"- code: {codeUnderTest()}",
             f"- command (repo root): `{command('bench/proxy_idle_bench.py')}`",
             f"- run: proxy (arbiter + TLS front end) + spa + spb (`twistd`, 127.0.0.1); one asyncio client "

@@ -322,7 +322,7 @@ def report(
             "",
             f"- date: {when}",
             f"- machine: {m['nproc']} CPUs (nproc), {m['cpu']}, Linux {m['kernel']}",
-            f"- software: Python {m['python']}, Twisted {m['twisted']}, {m['openssl']}, {m['reactor']}; "
+            f"- software: Python {m['python']}, Twisted {m['twisted']} (TLS: pyOpenSSL on {m['tls']}), clients' Python ssl on {m['openssl']}, {m['reactor']}; "
             f"{versions['haproxy']}; {versions['wrk']}",
             f"- code: {codeUnderTest()}",
             f"- command (repo root): `{command('bench/proxy_throughput_bench.py')}`",
