@@ -34,6 +34,7 @@ from spmgmt.auth import (
     Principal,
     authenticate,
 )
+from spmgmt.commands import InvalidParameters, UnknownCommand, validateParameters
 from spmgmt.peer.client import PeerClient, PeerFailed, PeerRefused, PeerUnavailable
 from spmgmt.events import EventBuffer
 from spmgmt.httpserver import GuardedChannel, refuseRaw
@@ -378,8 +379,11 @@ class ManagementWeb:
         return {"events": events, "last_id": self._agent.events.lastId, "via": self._agent.sp.id}
 
     async def _eventStream(self, request: Any, principal: Principal) -> bytes:
+        # A malformed since is refused even when Last-Event-ID overrides it.
+        since = _intArg(request, b"since", 0)
         raw = request.getHeader(b"last-event-id")
-        since = int(raw) if raw is not None and raw.isdigit() and len(raw) < 19 else _intArg(request, b"since", 0)
+        if raw is not None and raw.isdigit() and len(raw) < 19:
+            since = int(raw)
         stream = EventStream(request, self._agent.events, since, self._agent.reactor)
         await stream.done
         return b""
@@ -418,13 +422,23 @@ class ManagementWeb:
             result = self._local(result)
         else:
             # This SP's own mode still limits what it relays; the peer then
-            # applies its own rules.
+            # applies its own rules.  The array shares one configuration: an
+            # unknown command (404) or invalid parameters (422) are refused
+            # here as the peer would refuse them, and only checked values
+            # cross to the peer (raw JSON could be what PB cannot carry: a
+            # huge integer, a nesting so deep that the peer drops the link).
             if not self._agent.healthy:
                 self._agent.checkAllowed(self._agent.command(name))
-            command = self._agent.config.commands.get(name)
+            try:
+                command = self._agent.command(name)
+                values = validateParameters(command, params)
+            except (UnknownCommand, InvalidParameters) as e:
+                refused = refusal(e)
+                assert refused is not None
+                raise problemFor(refused, _serviceRoutes(), sp=sp, via=self._agent.sp.id) from None
             # The peer may run it for its whole timeout, then kill it.
-            wait = None if command is None else command.timeout + command.kill_grace + self._agent.config.peer.timeout
-            relayed = self._relay(sp, "runCommand", name, params, self._agent.epoch, timeout=wait)
+            wait = command.timeout + command.kill_grace + self._agent.config.peer.timeout
+            relayed = self._relay(sp, "runCommand", name, values, self._agent.epoch, timeout=wait)
             result = await _shielded(self._holdActive(request, Deferred.fromCoroutine(relayed)))
         _log.info(
             "{user} ran {command} on {sp} via {via}: rc={rc}",
