@@ -38,6 +38,7 @@ from spmgmt.commands import InvalidParameters, UnknownCommand, validateParameter
 from spmgmt.peer.client import PeerClient, PeerFailed, PeerRefused, PeerUnavailable
 from spmgmt.events import EventBuffer
 from spmgmt.httpserver import GuardedChannel, refuseRaw
+from spmgmt.openapi import documentBytes
 from spmgmt.problem import Problem
 from spmgmt.sp.agent import FULL, SERVICE, SPAgent
 from spmgmt.sp.participant import Participant
@@ -70,6 +71,7 @@ class Route:
 ROUTES = (
     Route("/healthz", "GET", "healthz", None, True),
     Route("/metrics", "GET", "metrics", "monitor", True),
+    Route("/api/v1/openapi.json", "GET", "openapi", None, True),
     Route("/api/v1/array", "GET", "array", "monitor", True),
     Route("/api/v1/array/switchover", "POST", "switchover", "admin", False),
     Route("/api/v1/events", "GET", "events", "monitor", True),
@@ -317,6 +319,11 @@ class ManagementWeb:
         contentType, body = self._agent.metrics.exposition()
         request.setHeader(b"Content-Type", contentType)
         return body
+
+    async def _openapi(self, request: Any, principal: None) -> bytes:
+        request.setHeader(b"Content-Type", JSON)
+        request.setHeader(b"Cache-Control", b"no-cache")
+        return documentBytes()
 
     async def _array(self, request: Any, principal: Principal) -> dict[str, Any]:
         agent = self._agent
