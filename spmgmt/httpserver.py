@@ -25,10 +25,10 @@ from typing import Any, Callable
 from twisted.internet.interfaces import IHandshakeListener, INegotiated
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
-from twisted.web.http import HTTPChannel, RESPONSES
+from twisted.web.http import HTTPChannel
 from zope.interface import implementer
 
-from spmgmt.problem import CONTENT_TYPE, Problem
+from spmgmt.problem import CONTENT_TYPE, Problem, reasonPhrase
 
 _log = Logger()
 
@@ -42,7 +42,7 @@ def refuseRaw(channel: Any, problem: Problem, extra: dict[bytes, bytes] | None =
     and close: nothing more of the request is read or parsed.
     """
     body = json.dumps(problem.asJSON()).encode("utf-8")
-    reason = RESPONSES.get(problem.status, b"Error")
+    reason = reasonPhrase(problem.status) or b"Error"
     lines = [
         b"HTTP/1.1 %d %s" % (problem.status, reason),
         b"Content-Type: " + CONTENT_TYPE,

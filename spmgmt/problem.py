@@ -56,10 +56,19 @@ class Problem(Exception):
 
     def render(self, request: Any) -> bytes:
         """Set status and headers on C{request} and return the body."""
-        request.setResponseCode(self.status)
+        # Twisted knows no phrase for 421, 422 or 429 ("Unknown Status").
+        request.setResponseCode(self.status, reasonPhrase(self.status))
         request.setHeader(b"Content-Type", CONTENT_TYPE)
         request.setHeader(b"Cache-Control", b"no-store")
         for name, value in self.headers.items():
             request.setHeader(name, value)
         instance = request.path.decode("utf-8", "replace") if getattr(request, "path", None) else None
         return json.dumps(self.asJSON(instance)).encode("utf-8")
+
+
+def reasonPhrase(status: int) -> bytes | None:
+    """The RFC 9110 reason phrase of C{status}, if it has one."""
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return None

@@ -373,6 +373,12 @@ class ProxyOwnRoutesTests(ArrayTestMixin, TestCase):
         )
         self.assertEqual(forged.code, 401)
         self.assertEqual((await array.request("proxy", "GET", "/api/v1/sps", user=None)).code, 401)
+        # The head of a stream is an answer, not a stream to follow.
+        head = await array.request("proxy", "HEAD", "/api/v1/events/stream", timeout=5)
+        self.assertEqual(head.code, 200)
+        self.assertTrue(head.header("Content-Type").startswith("text/event-stream"))
+        invalid = await array.request("proxy", "POST", "/api/v1/sps/spa/commands/echo", body={"params": {"x": 1}})
+        self.assertEqual(invalid.code, 422)
         await array.kill("spb")
 
         async def unreachable() -> bool:

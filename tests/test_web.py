@@ -38,6 +38,7 @@ PEER = IPv4Address("TCP", "192.0.2.7", 40000)
 SERVICE_ROUTES = [
     "GET /healthz",
     "GET /metrics",
+    "GET /api/v1/openapi.json",
     "GET /api/v1/array",
     "GET /api/v1/events",
     "GET /api/v1/events/stream",
@@ -277,21 +278,22 @@ class RoutesTests(WebTestCase):
     """The route table and the two apps built from it."""
 
     def test_serviceRoutes(self) -> None:
-        """The service-mode routes are healthz, metrics, array, events, status, health and commands."""
+        """The service-mode routes are healthz, metrics, the API description, array, events, status, health and commands."""
         self.assertEqual(
             sorted(r.handler for r in ROUTES if r.service),
-            ["array", "eventStream", "events", "healthz", "metrics", "spCommand", "spHealth", "spStatus"],
+            ["array", "eventStream", "events", "healthz", "metrics", "openapi", "spCommand", "spHealth", "spStatus"],
         )
         self.assertEqual([f"{r.method} {r.path}" for r in ROUTES if r.service], SERVICE_ROUTES)
 
     def test_roles(self) -> None:
-        """Only healthz is open; commands and switchover need admin; every other route needs monitor."""
+        """Only healthz and the API description are open; commands and switchover need admin; every other route needs monitor."""
         roles = {r.handler: r.role for r in ROUTES}
         self.assertEqual(
             roles,
             {
                 "healthz": None,
                 "metrics": "monitor",
+                "openapi": None,
                 "array": "monitor",
                 "switchover": "admin",
                 "events": "monitor",
@@ -916,6 +918,13 @@ class ProblemTests(SynchronousTestCase):
                 "why": "none",
             },
         )
+
+    def test_reasonPhrases(self) -> None:
+        """Statuses Twisted has no phrase for get the standard one, not "Unknown Status"."""
+        for status, phrase in ((421, b"Misdirected Request"), (422, b"Unprocessable Entity"), (429, b"Too Many Requests")):
+            request = FakeRequest(b"/")
+            Problem(status, "x").render(request)
+            self.assertEqual((request.responseCode, request.responseMessage), (status, phrase))
 
     def test_renderWithoutPath(self) -> None:
         """A request without a path gives a problem without an instance."""

@@ -219,7 +219,8 @@ class Backends:
             failure = Failure(e)
             outcome = Outcome.NOT_SENT if _neverSent(failure, producer) else Outcome.LOST
             return Attempt(route, outcome, detail=_describe(failure))
-        if isEventStream(response):
+        if method == b"GET" and isEventStream(response):
+            # (A HEAD answer has no body to follow: it is read as usual.)
             unwatch()
             return Attempt(route, Outcome.ANSWERED, response, stream=True)
         collect = _Collect(MAX_RESPONSE)

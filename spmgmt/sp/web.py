@@ -386,6 +386,12 @@ class ManagementWeb:
         return {"events": events, "last_id": self._agent.events.lastId, "via": self._agent.sp.id}
 
     async def _eventStream(self, request: Any, principal: Principal) -> bytes:
+        if request.method == b"HEAD":
+            # The head of a stream, then done: a stream would hold the
+            # connection for ever with nothing it may send.
+            request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+            request.setHeader(b"Cache-Control", b"no-store")
+            return b""
         # A malformed since is refused even when Last-Event-ID overrides it.
         since = _intArg(request, b"since", 0)
         raw = request.getHeader(b"last-event-id")
