@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IHandshakeListener, INegotiated
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.web.http import HTTPChannel
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from spmgmt.problem import CONTENT_TYPE, Problem, reasonPhrase
@@ -207,3 +208,48 @@ class ConnectionCap(WrappingFactory):
             self._onRefused()
             return None
         return super().buildProtocol(addr)
+
+
+class BoundedRequest(Request):
+    """
+    A request whose body may be at most L{maxBody} bytes: a larger one is
+    answered 413 at once and the connection closed, before (or while) the
+    body arrives.  Waiting for, and storing, a body that will be refused
+    anyway is what an attacker wants (H6).
+    """
+
+    _tooLarge = False
+    _bodyBytes = 0
+
+    def maxBody(self) -> int:
+        raise NotImplementedError
+
+    def refusedBody(self) -> dict[bytes, bytes]:
+        """Note the refusal (metrics); extra headers for the 413."""
+        return {}
+
+    def gotLength(self, length: int | None) -> None:
+        self._bodyBytes = 0
+        if length is not None and length > self.maxBody():
+            # Twisted reads on after this method: give it an empty body to
+            # write into, then refuse.
+            super().gotLength(0)
+            self._refuseBody()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._tooLarge:
+            return
+        self._bodyBytes += len(data)
+        if self._bodyBytes > self.maxBody():
+            self._refuseBody()
+            return
+        super().handleContentChunk(data)
+
+    def _refuseBody(self) -> None:
+        self._tooLarge = True
+        # No "100 Continue" after the refusal.
+        self.requestHeaders.removeHeader(b"expect")
+        extra = self.refusedBody()
+        refuseRaw(self.channel, Problem(413, f"The request body is larger than {self.maxBody()} bytes."), extra)

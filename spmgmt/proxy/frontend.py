@@ -19,12 +19,12 @@ from twisted.internet.interfaces import INegotiated, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import datetimeToLogString
-from twisted.web.server import Request, Site
+from twisted.web.server import Site
 from zope.interface import implementer
 
 from spmgmt.auth import PRINCIPAL_HEADER, FailureLimiter, Principal, authenticate, identify
 from spmgmt.config import ArrayConfig
-from spmgmt.httpserver import GuardedChannel, refuseRaw
+from spmgmt.httpserver import BoundedRequest, GuardedChannel
 from spmgmt.metrics import ProxyMetrics
 from spmgmt.problem import Problem
 from spmgmt.proxy import policy
@@ -408,7 +408,7 @@ class _StreamBody:
             self.ended.callback(None)
 
 
-class ProxyRequest(Request):
+class ProxyRequest(BoundedRequest):
     """
     A client request: its body is bounded (413 without reading the rest),
     its id is known, and it is answered by L{Proxy.handle}.
@@ -417,8 +417,6 @@ class ProxyRequest(Request):
     requestId = b""
     #: Who sent it, as the proxy checked (L{None}: no credentials).
     principal: Principal | None = None
-    _tooLarge = False
-    _bodyBytes = 0
 
     @property
     def gone(self) -> bool:
@@ -429,28 +427,12 @@ class ProxyRequest(Request):
     def proxy(self) -> Proxy:
         return self.channel.site.proxy  # type: ignore[no-any-return]
 
-    def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self.proxy.config.limits.max_body:
-            super().gotLength(0)
-            self._refuseBody()
-            return
-        super().gotLength(length)
+    def maxBody(self) -> int:
+        return self.proxy.config.limits.max_body
 
-    def handleContentChunk(self, data: bytes) -> None:
-        if self._tooLarge:
-            return
-        self._bodyBytes += len(data)
-        if self._bodyBytes > self.proxy.config.limits.max_body:
-            self._refuseBody()
-            return
-        super().handleContentChunk(data)
-
-    def _refuseBody(self) -> None:
-        self._tooLarge = True
-        self.requestHeaders.removeHeader(b"expect")
+    def refusedBody(self) -> dict[bytes, bytes]:
         self.proxy.metrics.refused.labels("body too large").inc()
-        limit = self.proxy.config.limits.max_body
-        refuseRaw(self.channel, Problem(413, f"The request body is larger than {limit} bytes."))
+        return {}
 
     def process(self) -> None:
         if self._tooLarge:

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.internet.interfaces import IPushProducer
 from twisted.web.http import datetimeToLogString
-from twisted.web.server import Request, Site
+from twisted.web.server import Site
 from zope.interface import implementer
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
@@ -37,7 +37,7 @@ from spmgmt.auth import (
 from spmgmt.commands import InvalidParameters, UnknownCommand, validateParameters
 from spmgmt.peer.client import PeerClient, PeerFailed, PeerRefused, PeerUnavailable
 from spmgmt.events import EventBuffer
-from spmgmt.httpserver import GuardedChannel, refuseRaw
+from spmgmt.httpserver import BoundedRequest, GuardedChannel
 from spmgmt.openapi import documentBytes
 from spmgmt.problem import Problem
 from spmgmt.sp.agent import FULL, SERVICE, SPAgent
@@ -595,49 +595,21 @@ def _problemFor(failure: Failure, request: Any) -> Problem:
     return Problem(500, "An internal error occurred; it has been logged.")
 
 
-class SPRequest(Request):
+class SPRequest(BoundedRequest):
     """
     A request of an SP's site: stamps C{X-SPMgmt-Served-By}, bounds the body,
     and records metrics when it is done.
     """
 
     spmgmtRoute = "(unmatched)"
-    _tooLarge = False
 
-    def gotLength(self, length: int | None) -> None:
-        self._bodyBytes = 0
-        if length is not None and length > self.channel.site.agent.config.limits.max_body:
-            # Twisted reads on after this method: give it an empty body to
-            # write into, then refuse.
-            super().gotLength(0)
-            self._refuseBody()
-            return
-        super().gotLength(length)
+    def maxBody(self) -> int:
+        return self.channel.site.agent.config.limits.max_body  # type: ignore[no-any-return]
 
-    def handleContentChunk(self, data: bytes) -> None:
-        if self._tooLarge:
-            return
-        self._bodyBytes += len(data)
-        if self._bodyBytes > self.channel.site.agent.config.limits.max_body:
-            self._refuseBody()
-            return
-        super().handleContentChunk(data)
-
-    def _refuseBody(self) -> None:
-        """
-        Answer 413 at once and close: waiting for (and storing) a body that
-        will be refused anyway is what an attacker wants.
-        """
-        self._tooLarge = True
-        # No "100 Continue" after the refusal.
-        self.requestHeaders.removeHeader(b"expect")
+    def refusedBody(self) -> dict[bytes, bytes]:
         agent = self.channel.site.agent
-        refuseRaw(
-            self.channel,
-            Problem(413, f"The request body is larger than {agent.config.limits.max_body} bytes."),
-            {b"X-SPMgmt-Served-By": agent.sp.id.encode()},
-        )
-        self.channel.site.agent.metrics.requests.labels("(body too large)", "?", "413").inc()
+        agent.metrics.requests.labels("(body too large)", "?", "413").inc()
+        return {b"X-SPMgmt-Served-By": agent.sp.id.encode()}
 
     def process(self) -> None:
         if self._tooLarge:
