@@ -18,7 +18,7 @@ import os
 from collections import OrderedDict
 from typing import Any, Callable
 
-from attrs import frozen
+from attrs import define, frozen
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials, IUsernamePassword, UsernamePassword
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
@@ -292,6 +292,24 @@ class _Window:
     failures: int
 
 
+@define
+class _Guess:
+    """Logins in flight with the same credentials from one peer."""
+
+    pending: int = 0
+    forgiven: bool = False
+    refused: bool = False
+
+
+def _credentialKey(credentials: Any) -> bytes:
+    """Tells credentials apart without keeping them."""
+    if IUsernamePassword.providedBy(credentials):
+        secret = b"basic\0" + credentials.username + b"\0" + credentials.password
+    else:
+        secret = b"bearer\0" + getattr(credentials, "token", b"")
+    return hashlib.sha256(secret).digest()
+
+
 class FailureLimiter:
     """
     Counts failed logins per peer address in a fixed window; past
@@ -306,6 +324,7 @@ class FailureLimiter:
         self._window = window
         self._maxPeers = maxPeers
         self._peers: OrderedDict[str, _Window] = OrderedDict()
+        self._guesses: dict[tuple[str, bytes], _Guess] = {}
 
     def _current(self, peer: str) -> _Window | None:
         entry = self._peers.get(peer)
@@ -336,6 +355,37 @@ class FailureLimiter:
         entry = self._current(peer)
         if entry is not None and entry.failures > 0:
             self._peers[peer] = _Window(entry.start, entry.failures - 1)
+
+    def checking(self, peer: str, key: bytes) -> Callable[[bool | None], None]:
+        """
+        A login from C{peer} with credentials C{key} is being checked: it
+        counts as a failure until it succeeds, so guesses sent in parallel
+        all count.  Parallel logins with the same credentials are one
+        guess, counted once: a client opening many connections at once
+        with a good password is not locked out.
+
+        @return: call it with the outcome: C{True} accepted, C{False}
+            refused, L{None} not checked at all.
+        """
+        guess = self._guesses.get((peer, key))
+        if guess is None:
+            guess = self._guesses[(peer, key)] = _Guess()
+            self.failed(peer)
+        guess.pending += 1
+
+        def done(accepted: bool | None) -> None:
+            guess.pending -= 1
+            if accepted is True and not guess.forgiven:
+                guess.forgiven = True
+                self.forgive(peer)
+            elif accepted is False:
+                guess.refused = True
+            if guess.pending == 0:
+                self._guesses.pop((peer, key), None)
+                if not guess.forgiven and not guess.refused:
+                    self.forgive(peer)  # nobody checked it
+
+        return done
 
 
 _CHALLENGE = b'Basic realm="spmgmt", charset="UTF-8", Bearer realm="spmgmt"'
@@ -371,20 +421,19 @@ async def identify(portal: Portal, limiter: "FailureLimiter", request: Any) -> P
         raise Problem(401, str(e), headers=unauthorized) from None
     if credentials is None:
         return None
-    # Counted as a failure until it succeeds: guesses sent in parallel
-    # all count, not just those that finished before the next began.
-    limiter.failed(peer)
+    done = limiter.checking(peer, _credentialKey(credentials))
     try:
         _, principal, _ = await portal.login(credentials, None, IPrincipal)
     except AuthBusy:
-        limiter.forgive(peer)
+        done(None)
         raise Problem(503, "Too many logins are being checked; retry shortly.", headers={b"Retry-After": b"1"}) from None
     except LoginFailed:
+        done(False)
         raise Problem(401, "The credentials were not accepted.", headers=unauthorized) from None
     except BaseException:
-        limiter.forgive(peer)
+        done(None)
         raise
-    limiter.forgive(peer)
+    done(True)
     return principal  # type: ignore[no-any-return]
 
 

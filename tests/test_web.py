@@ -1024,12 +1024,13 @@ class ParallelGuessTests(WebTestCase):
                 return d
 
         self.setUpWeb(portal=Portal(RoleRealm({"admin": "admin"}), [SlowChecker()]), maxFailures=3)
+        guesses = [b"Basic " + base64.b64encode(b"admin:guess%d" % i) for i in range(4)]
         connections = [self.connect() for _ in range(4)]
-        for protocol, _ in connections[:3]:
-            protocol.dataReceived(request(b"GET", b"/api/v1/sps/spa/health", {b"Authorization": ADMIN}))
+        for (protocol, _), guess in zip(connections[:3], guesses):
+            protocol.dataReceived(request(b"GET", b"/api/v1/sps/spa/health", {b"Authorization": guess}))
         self.assertEqual(len(pending), 3)
         protocol, transport = connections[3]
-        protocol.dataReceived(request(b"GET", b"/api/v1/sps/spa/health", {b"Authorization": ADMIN}))
+        protocol.dataReceived(request(b"GET", b"/api/v1/sps/spa/health", {b"Authorization": guesses[3]}))
         [refused] = parseResponses(transport.value())
         self.assertEqual(refused.code, 429)
         self.assertEqual(len(pending), 3)
@@ -1039,3 +1040,47 @@ class ParallelGuessTests(WebTestCase):
             [answer] = parseResponses(transport.value())
             self.assertEqual(answer.code, 200)
         self.assertIsNone(self.limiter.retryAfter(PEER.host))
+
+    def test_sameCredentialsInParallelAreOneGuess(self) -> None:
+        """
+        Many connections opened at once with the same good password (a
+        client behind one address) are not locked out while it is checked.
+        """
+        from twisted.cred.checkers import ICredentialsChecker
+        from twisted.cred.credentials import IUsernamePassword
+        from zope.interface import implementer
+
+        from spmgmt.auth import RoleRealm
+
+        pending: list[Deferred[bytes]] = []
+
+        @implementer(ICredentialsChecker)
+        class SlowChecker:
+            credentialInterfaces = (IUsernamePassword,)
+
+            def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
+                d: Deferred[bytes] = Deferred()
+                pending.append(d)
+                return d
+
+        self.setUpWeb(portal=Portal(RoleRealm({"admin": "admin"}), [SlowChecker()]), maxFailures=3)
+        connections = [self.connect() for _ in range(10)]
+        for protocol, _ in connections:
+            protocol.dataReceived(request(b"GET", b"/api/v1/sps/spa/health", {b"Authorization": ADMIN}))
+        self.assertEqual(len(pending), 10)
+        for d in pending:
+            d.callback(b"admin")
+        codes = [parseResponses(transport.value())[0].code for _, transport in connections]
+        self.assertEqual(codes, [200] * 10)
+        self.assertIsNone(self.limiter.retryAfter(PEER.host))
+        # A wrong password sent in parallel is one failure too.
+        from twisted.cred.error import UnauthorizedLogin
+
+        pending.clear()
+        wrong = b"Basic " + base64.b64encode(b"admin:wrong")
+        for protocol, _ in connections[:5]:
+            protocol.dataReceived(request(b"GET", b"/api/v1/sps/spa/health", {b"Authorization": wrong}))
+        for d in pending:
+            d.errback(UnauthorizedLogin())
+        self.assertIsNone(self.limiter.retryAfter(PEER.host))
+        self.assertEqual(self.limiter._peers[PEER.host].failures, 1)
