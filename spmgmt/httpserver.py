@@ -87,15 +87,26 @@ class GuardedChannel(HTTPChannel):
     _refused = False
     _idleTimeout: float | None = None
 
+    #: Counts this connection's TLS handshake while it is in progress.
+    throttle: "HandshakeThrottle | None" = None
+
     def connectionMade(self) -> None:
         super().connectionMade()
         self._idleTimeout = self.timeOut
         if INegotiated.providedBy(self.transport):
             self._handshaking = True
+            if self.throttle is not None:
+                self.throttle.started()
             self._armRead()
 
+    def _handshakeEnded(self) -> None:
+        if self._handshaking:
+            self._handshaking = False
+            if self.throttle is not None:
+                self.throttle.finished()
+
     def handshakeCompleted(self) -> None:
-        self._handshaking = False
+        self._handshakeEnded()
         if not self._closing:
             self._disarmRead()
 
@@ -166,6 +177,7 @@ class GuardedChannel(HTTPChannel):
         super().timeoutConnection()
 
     def connectionLost(self, reason: Any) -> None:
+        self._handshakeEnded()
         self._closing = True
         self._disarmRead()
         super().connectionLost(reason)
@@ -253,3 +265,38 @@ class BoundedRequest(Request):
         self.requestHeaders.removeHeader(b"expect")
         extra = self.refusedBody()
         refuseRaw(self.channel, Problem(413, f"The request body is larger than {self.maxBody()} bytes."), extra)
+
+
+class HandshakeThrottle:
+    """
+    At most C{limit} TLS handshakes in progress at once: past it, the
+    listening ports stop accepting (the kernel queues new connections in
+    the listen backlog) until one finishes.
+
+    A handshake costs the most CPU of anything a client can ask for, and
+    the proxy's reactor also runs the arbiter: a burst of thousands of
+    handshakes in one reactor turn would delay heartbeats past the miss
+    window and move the token with no fault (RELIABILITY F22, G6).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.inProgress = 0
+        self._ports: list[Any] = []
+
+    def watch(self, port: Any) -> None:
+        """Pause and resume C{port} with the handshakes in progress."""
+        self._ports.append(port)
+
+    def started(self) -> None:
+        self.inProgress += 1
+        if self.inProgress == self.limit:
+            for port in self._ports:
+                port.stopReading()
+
+    def finished(self) -> None:
+        self.inProgress -= 1
+        if self.inProgress == self.limit - 1:
+            for port in self._ports:
+                if port.connected:
+                    port.startReading()

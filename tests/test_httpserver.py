@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from spmgmt.httpserver import ConnectionCap, GuardedChannel
+from spmgmt.httpserver import ConnectionCap, GuardedChannel, HandshakeThrottle
 
 
 class _Hello(Resource):
@@ -86,3 +86,55 @@ class ConnectionCapTests(SynchronousTestCase):
         self.assertEqual(len(refused), 1)
         protocols[0].connectionLost(None)
         self.assertIsNotNone(cap.buildProtocol(address))
+
+
+class _TLSLikeTransport(StringTransport):
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+
+class _Port:
+    def __init__(self) -> None:
+        self.reading = True
+        self.connected = True
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+
+class HandshakeThrottleTests(SynchronousTestCase):
+    def test_pausesAcceptingAtTheLimit(self) -> None:
+        throttle = HandshakeThrottle(2)
+        port = _Port()
+        throttle.watch(port)
+        throttle.started()
+        self.assertTrue(port.reading)
+        throttle.started()
+        self.assertFalse(port.reading)
+        throttle.finished()
+        self.assertTrue(port.reading)
+        throttle.finished()
+        self.assertEqual(throttle.inProgress, 0)
+
+    def test_channelCountsItsHandshake(self) -> None:
+        """A TLS connection counts until its handshake ends, or it does."""
+        from twisted.internet.interfaces import INegotiated
+        from zope.interface import directlyProvides
+
+        throttle = HandshakeThrottle(10)
+        site = Site(_Hello(), reactor=Clock(), timeout=1000)
+        site.protocol = GuardedChannel
+        for ending in ("handshake", "lost"):
+            channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+            channel.throttle = throttle
+            transport = _TLSLikeTransport()
+            directlyProvides(transport, INegotiated)
+            channel.makeConnection(transport)
+            self.assertEqual(throttle.inProgress, 1)
+            if ending == "handshake":
+                channel.handshakeCompleted()
+            channel.connectionLost(None)
+            self.assertEqual(throttle.inProgress, 0, ending)

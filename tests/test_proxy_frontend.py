@@ -15,7 +15,7 @@ from typing import Any, Callable
 import attrs
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -292,6 +292,40 @@ class ProxyRetryTests(TestCase):
         self.assertEqual(response.code, 405)
         self.assertEqual(response.headers.getRawHeaders("Allow"), ["GET, HEAD"])
         self.assertEqual((await self.client.head(self.url("/healthz"))).code, 200)
+
+    async def test_boundedRequestsInFlight(self) -> None:
+        """
+        Held requests released at once by a token move go out a bounded
+        number at a time (the reactor also runs the arbiter).
+        """
+        self.backends._slots = DeferredSemaphore(2)
+        spa = self.sp("spa")
+        waiting: list[Any] = []
+
+        def hold(request: Any) -> Any:
+            waiting.append(request)
+            return NOT_DONE_YET
+
+        spa.behaviour = hold
+        answers = [Deferred.fromCoroutine(self._get("/api/v1/sps")) for _ in range(5)]
+        self.router.update((1, "spa"))
+        for expected in (2, 3, 4, 5):
+            while len(waiting) < expected:
+                await _sleep(0.01)
+            await _sleep(0.05)
+            self.assertEqual(len(waiting), expected)  # never more than 2 at once
+            request = waiting[expected - 2]
+            request.write(b"{}")
+            request.finish()
+        for request in waiting[-1:]:
+            request.write(b"{}")
+            request.finish()
+        self.assertEqual([await d for d in answers], [200] * 5)
+
+    async def _get(self, path: str) -> int:
+        response = await self.client.get(self.url(path))
+        await response.content()
+        return int(response.code)
 
     def _retries(self, outcome: str) -> float:
         value = self.metrics.registry.get_sample_value("spmgmt_proxy_retries_total", {"outcome": outcome})

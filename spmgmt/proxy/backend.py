@@ -16,7 +16,7 @@ import ipaddress
 from typing import Any
 
 from attrs import define
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.internet.protocol import Protocol
@@ -179,11 +179,16 @@ class Backends:
         timeout: float,
         connectTimeout: float = 2.0,
         maxPerSP: int = 256,
+        maxInFlight: int = 64,
     ) -> None:
         self._reactor = reactor
         self._router = router
         self._timeout = timeout
         self._ports = {sp.id: sp.web.port for sp in config.sps}
+        # Requests released at once by a token move (a thousand held ones)
+        # go out a bounded number at a time: the reactor also runs the
+        # arbiter, whose heartbeats must not wait behind them.
+        self._slots = DeferredSemaphore(maxInFlight)
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         # Never resend on our behalf: the policy alone decides (H13).
         self.pool.retryAutomatically = False
@@ -203,6 +208,15 @@ class Backends:
         An idempotent request is abandoned (LOST) when a newer epoch
         becomes active meanwhile; every attempt has the upstream deadline.
         """
+        await self._slots.acquire()
+        try:
+            return await self._attempt(route, method, target, headers, body)
+        finally:
+            self._slots.release()
+
+    async def _attempt(
+        self, route: Route, method: bytes, target: bytes, headers: Headers, body: bytes | None
+    ) -> Attempt:
         epoch, sp = route
         producer = ProvenBody(body) if body is not None else None
         try:

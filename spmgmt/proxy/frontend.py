@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from spmgmt.auth import PRINCIPAL_HEADER, FailureLimiter, Principal, authenticate, identify
 from spmgmt.config import ArrayConfig
-from spmgmt.httpserver import BoundedRequest, GuardedChannel
+from spmgmt.httpserver import BoundedRequest, GuardedChannel, HandshakeThrottle
 from spmgmt.metrics import ProxyMetrics
 from spmgmt.problem import Problem
 from spmgmt.proxy import policy
@@ -35,6 +35,9 @@ from spmgmt.proxy.router import Router
 from spmgmt.proxy.sse import EventSplitter, EventStreamTooLarge
 
 _log = Logger()
+#: TLS handshakes in progress before the front end stops accepting for a
+#: moment (one handshake is ~1-2 ms of CPU; this bounds a reactor turn).
+MAX_HANDSHAKES = 64
 _METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
 _EVENT_ID = re.compile(rb"[0-9]{1,18}")
 #: Methods whose request carries a body (so its length is always sent).
@@ -465,10 +468,12 @@ class ProxySite(Site):
         self.proxy = proxy
         self._readTimeout = settings.read_timeout
         self._maxHeaderBytes = settings.max_header_bytes
+        self.throttle = HandshakeThrottle(MAX_HANDSHAKES)
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
         channel.readTimeout = self._readTimeout
+        channel.throttle = self.throttle
         channel.totalHeadersSize = self._maxHeaderBytes
         channel.onRefused = lambda why: self.proxy.metrics.refused.labels(why).inc()
         return channel

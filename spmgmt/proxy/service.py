@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 from OpenSSL.SSL import Connection
-from twisted.application import strports
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import gatherResults
@@ -30,7 +29,6 @@ from spmgmt.metrics import ProxyMetrics
 from spmgmt.proxy.backend import Backends
 from spmgmt.proxy.frontend import Proxy, ProxySite
 from spmgmt.proxy.router import Router
-from spmgmt.sp.service import listenDescription
 from spmgmt.tls import TLSConfigurationError, serverOptions, tlsServerFactory
 
 _log = Logger()
@@ -91,6 +89,45 @@ class _ReloadOnHangup(Service):
             signal.signal(signal.SIGHUP, self._previous)
 
 
+class Listener(Service):
+    """
+    A TCP listener whose port is known (to pause it, L{HandshakeThrottle}).
+    A failed bind raises from C{privilegedStartService}, so twistd exits.
+    """
+
+    #: Connections the kernel may queue while accepting is paused.
+    backlog = 1024
+
+    def __init__(self, reactor: Any, address: Any, factory: Any, onPort: Any = None) -> None:
+        self._reactor = reactor
+        self._address = address
+        self._factory = factory
+        self._onPort = onPort
+        self.port: Any = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        if self.port is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        address = self._address
+        self.port = self._reactor.listenTCP(
+            address.port, self._factory, backlog=self.backlog, interface=address.host
+        )
+        if self._onPort is not None:
+            self._onPort(self.port)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None
+
+
 def _raiseFileLimit(wanted: int) -> int:
     """
     Raise this process's descriptor limit towards C{wanted} (at most the
@@ -142,7 +179,8 @@ def makeProxyService(reactor: Any, config: ArrayConfig) -> MultiService:
     for name, address, factory in listeners:
         cap = ConnectionCap(factory, limit, lambda: metrics.refused.labels("connection limit").inc())
         metrics.connections.labels(name).set_function(lambda cap=cap: len(cap.protocols))
-        strports.service(listenDescription(address), cap, reactor=reactor).setServiceParent(top)
+        onPort = site.throttle.watch if name == "tls" else None
+        Listener(reactor, address, cap, onPort).setServiceParent(top)
     _ReloadOnHangup(reactor, tls).setServiceParent(top)
 
     def probe() -> Any:
