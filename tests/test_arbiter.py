@@ -105,3 +105,33 @@ class ArbiterShellTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         arbiter.feed = original  # type: ignore[method-assign]
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_hungHolderJudgedAtItsDeadline(self) -> None:
+        """
+        A holder that stops is judged just after its miss window ends
+        (from its last heartbeat), not at the next tick up to an interval
+        later.
+        """
+        arbiter = self.arbiter(EpochStore(self.directory / "epoch.json"))
+        arbiter.heartbeat("spa", True, None, None, first=True)
+        arbiter.heartbeat("spb", True, None, None, first=True)
+        self.assertEqual(arbiter.route(), (1, "spa"))
+
+        def advance(seconds: float) -> None:
+            self.now[0] += seconds
+            self.clock.advance(seconds)
+
+        advance(0.05)  # between two ticks
+        arbiter.heartbeat("spa", True, 1, 1, first=False)
+        lastHeard = self.now[0]
+        moved = None
+        for _ in range(40):
+            advance(0.01)
+            if round((self.now[0] - lastHeard) * 100) % 10 == 0:
+                arbiter.heartbeat("spb", True, None, None, first=False)
+            if arbiter.state.holder != "spa" and moved is None:
+                moved = self.now[0] - lastHeard
+        assert moved is not None
+        # The miss window is 0.3 s; the next tick after it would be 0.35 s.
+        self.assertGreater(moved, self.policy.missWindow)
+        self.assertLess(moved, self.policy.missWindow + 0.015)

@@ -32,6 +32,9 @@ from spmgmt.tls import serverOptions, tlsServerFactory
 
 _log = Logger()
 
+#: The holder is judged this long after its miss window ends.
+HOLDER_DEADLINE_SLACK = 0.002
+
 #: Epochs stay below this: they must fit the 18 digits a stamp may carry.
 MAX_EPOCH = 10**18
 
@@ -72,6 +75,7 @@ class Arbiter(Service):
         self._monotonic = monotonic
         self._minds: dict[str, Any] = {}
         self._tick: Any = None
+        self._holderDeadline: Any = None
         self._ackWaiters: list[tuple[int, Deferred[int]]] = []
         self.events = EventLog(store.path.parent / "events.jsonl")
         self.events.listen(self._push)
@@ -90,19 +94,20 @@ class Arbiter(Service):
 
     def stopService(self) -> None:
         super().stopService()
-        if self._tick is not None and self._tick.active():
-            self._tick.cancel()
-        self._tick = None
+        for call in (self._tick, self._holderDeadline):
+            if call is not None and call.active():
+                call.cancel()
+        self._tick = self._holderDeadline = None
 
     def _scheduleTick(self) -> None:
         self._tick = self._reactor.callLater(self.policy.interval, self._onTick)
 
-    def _onTick(self) -> None:
+    def _onTick(self, periodic: bool = True) -> None:
         # Judge liveness only after reading what arrived meanwhile: timers
         # run before I/O in a reactor iteration, so after a stall of this
         # process queued heartbeats would otherwise count as missed.
         self._reactor.callLater(0, self._judge)
-        if self.running:
+        if periodic and self.running:
             self._scheduleTick()
 
     def _judge(self) -> None:
@@ -267,7 +272,20 @@ class Arbiter(Service):
     ) -> dict[str, Any]:
         kind = token.Joined if first else token.Heartbeat
         self.feed(kind(sp, healthy, holds, self._monotonic(), claim, newest))
+        if sp == self.state.holder:
+            self._armHolderDeadline()
         return self.view()
+
+    def _armHolderDeadline(self) -> None:
+        """
+        Judge again just after the holder's miss window ends: a hung holder
+        is noticed within the window, not up to a tick later.
+        """
+        delay = self.policy.missWindow + HOLDER_DEADLINE_SLACK
+        if self._holderDeadline is not None and self._holderDeadline.active():
+            self._holderDeadline.reset(delay)
+        else:
+            self._holderDeadline = self._reactor.callLater(delay, self._onTick, False)
 
     def switchover(self, to: str | None) -> Deferred[int]:
         """
