@@ -21,6 +21,7 @@ import os
 import platform
 import shlex
 import ssl
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -355,3 +356,19 @@ def disturbed(cpu: dict[str, float], force: bool) -> bool:
         file=sys.stderr,
     )
     return True
+
+
+async def endRun(harness: ArrayHarness | None, ok: bool, directory: Path, keep: bool) -> None:
+    """
+    Stop the array (printing each process's log tail if the run failed)
+    and remove its directory unless asked to keep it.
+    """
+    if harness is not None:
+        if not ok:
+            for name in harness.names:
+                print(f"\n===== {name} =====\n{harness.logTail(name, 30)}", file=sys.stderr)
+        await harness.stopAll()
+    if keep:
+        print(f"array directory kept: {directory}", file=sys.stderr)
+    else:
+        shutil.rmtree(directory, ignore_errors=True)

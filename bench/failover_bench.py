@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import random
-import shutil
 import signal
 import sys
 import tempfile
@@ -57,7 +56,7 @@ from twisted.internet.task import deferLater, react
 
 # From bench/ (on sys.path when run as a script); it puts the repository root there too.
 from _common import REPO, RESULTS, CPUWindow, codeUnderTest, command, cpuLine, machine, milliseconds
-from _common import percentile, record, withDeadline
+from _common import percentile, endRun, record, withDeadline
 
 from spmgmt.testing import ArrayHarness
 
@@ -592,15 +591,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
             print(f"recorded in {RESULTS.relative_to(REPO)}", file=sys.stderr)
         ok = True
     finally:
-        if harness is not None:
-            if not ok:
-                for name in harness.names:
-                    print(f"\n===== {name} =====\n{harness.logTail(name, 30)}", file=sys.stderr)
-            await harness.stopAll()
-        if args.keep:
-            print(f"array directory kept: {directory}", file=sys.stderr)
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
+        await endRun(harness, ok, directory, args.keep)
 
 
 def main(reactor: Any, argv: list[str]) -> Deferred[None]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shutil
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ from twisted.spread import banana, jelly
 
 # From bench/ (on sys.path when run as a script); it puts the repository root there too.
 from _common import OTHERS_LIMIT, REPO, RESULTS, CPUWindow, codeUnderTest, command, cpuLine, machine, milliseconds
-from _common import percentile, record, withDeadline
+from _common import percentile, endRun, record, withDeadline
 
 from spmgmt.config import readPeerSecret
 from spmgmt.peer.client import PeerClient
@@ -343,15 +342,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
             record(text, "peer-bench")
             print(f"recorded in {RESULTS.relative_to(REPO)}", file=sys.stderr)
     finally:
-        if harness is not None:
-            if not ok:
-                for spId in harness.spIds:
-                    print(f"\n===== {spId} =====\n{harness.logTail(spId, 30)}", file=sys.stderr)
-            await harness.stopAll()
-        if args.keep:
-            print(f"array directory kept: {directory}", file=sys.stderr)
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
+        await endRun(harness, ok, directory, args.keep)
 
 
 def main(reactor: Any, argv: list[str]) -> Deferred[None]:

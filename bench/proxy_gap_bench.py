@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import random
-import shutil
 import signal
 import sys
 import tempfile
@@ -62,7 +61,7 @@ from twisted.internet.task import react
 
 # From bench/ (on sys.path when run as a script); it puts the repository root there too.
 from _common import REPO, RESULTS, CPUWindow, codeUnderTest, command, cpuLine, machine, milliseconds
-from _common import disturbed, percentile, processMemory, record, withDeadline
+from _common import disturbed, percentile, processMemory, endRun, record, withDeadline
 from failover_bench import settle, sleep
 
 from spmgmt.testing import ArrayHarness
@@ -590,15 +589,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
             await proto.ended
             if proto.output:
                 print(f"gap client said: {proto.output.decode(errors='replace')[-2000:]}", file=sys.stderr)
-        if harness is not None:
-            if not ok:
-                for name in harness.names:
-                    print(f"\n===== {name} =====\n{harness.logTail(name, 30)}", file=sys.stderr)
-            await harness.stopAll()
-        if args.keep:
-            print(f"array directory kept: {directory}", file=sys.stderr)
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
+        await endRun(harness, ok, directory, args.keep)
 
 
 def main(reactor: Any, argv: list[str]) -> Deferred[None]:

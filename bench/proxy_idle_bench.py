@@ -40,7 +40,6 @@ import argparse
 import datetime
 import json
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -54,7 +53,7 @@ from twisted.internet.task import react
 
 # From bench/ (on sys.path when run as a script); it puts the repository root there too.
 from _common import REPO, RESULTS, CPUWindow, codeUnderTest, command, cpuLine, machine
-from _common import disturbed, processCPU, processMemory, record, withDeadline
+from _common import disturbed, processCPU, processMemory, endRun, record, withDeadline
 from failover_bench import settle, sleep
 
 from spmgmt.testing import ArrayHarness
@@ -360,15 +359,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
             except Exception:
                 pass
             await client.ended
-        if harness is not None:
-            if not ok:
-                for name in harness.names:
-                    print(f"\n===== {name} =====\n{harness.logTail(name, 30)}", file=sys.stderr)
-            await harness.stopAll()
-        if args.keep:
-            print(f"array directory kept: {directory}", file=sys.stderr)
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
+        await endRun(harness, ok, directory, args.keep)
 
 
 def main(reactor: Any, argv: list[str]) -> Deferred[None]:

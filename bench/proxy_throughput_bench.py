@@ -54,7 +54,7 @@ from twisted.internet.threads import deferToThread
 
 # From bench/ (on sys.path when run as a script); it puts the repository root there too.
 from _common import REPO, RESULTS, CPUWindow, codeUnderTest, command, cpuLine, ensureDebianPackages, machine
-from _common import disturbed, percentile, processCPU, processMemory, record, withDeadline
+from _common import disturbed, percentile, processCPU, processMemory, endRun, record, withDeadline
 from failover_bench import settle
 
 from spmgmt.testing import ArrayHarness, _PDEATHSIG_EXEC, freePorts
@@ -453,17 +453,9 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
             except ProcessLookupError:
                 pass
             await haproxy.ended
-        if harness is not None:
-            if not ok:
-                for name in harness.names:
-                    print(f"\n===== {name} =====\n{harness.logTail(name, 30)}", file=sys.stderr)
-                if haproxy is not None:
-                    print(f"\n===== haproxy =====\n{haproxy.output.decode(errors='replace')[-3000:]}", file=sys.stderr)
-            await harness.stopAll()
-        if args.keep:
-            print(f"array directory kept: {directory}", file=sys.stderr)
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
+        if not ok and haproxy is not None:
+            print(f"\n===== haproxy =====\n{haproxy.output.decode(errors='replace')[-3000:]}", file=sys.stderr)
+        await endRun(harness, ok, directory, args.keep)
 
 
 def main(reactor: Any, argv: list[str]) -> Deferred[None]:
