@@ -16,12 +16,13 @@ import attrs
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from spmgmt.auth import authThreadPool, portalFromConfig
+from spmgmt.auth import portalFromConfig
 from spmgmt.metrics import ProxyMetrics
 from spmgmt.proxy.backend import Backends
 from spmgmt.proxy.frontend import Proxy, ProxySite
@@ -95,7 +96,12 @@ class ProxyRetryTests(TestCase):
             def view(self) -> dict[str, Any]:
                 return {"members": {}}
 
-        portal = portalFromConfig(reactor, config, authThreadPool(reactor))
+        # A pool of our own, stopped with the test: one left running keeps
+        # the interpreter from exiting (pytest never shuts the reactor down).
+        pool = ThreadPool(minthreads=0, maxthreads=2, name="test-proxy-auth")
+        pool.start()
+        self.addCleanup(pool.stop)
+        portal = portalFromConfig(reactor, config, pool)
         self.proxy = Proxy(reactor, config, self.router, self.backends, self.metrics, portal, Arbiter())
         self.port = reactor.listenTCP(0, ProxySite(self.proxy), interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
