@@ -17,11 +17,17 @@ PROBLEM = "application/problem+json"
 
 
 async def waitReachable(array: ArrayHarness, via: str, peer: str, reachable: bool = True) -> None:
-    """Wait until C{via} sees C{peer} as (un)reachable."""
+    """
+    Wait until C{via} sees C{peer} as (un)reachable; reachable also means
+    its summary has arrived (the link comes up before the first summary).
+    """
 
     async def seen() -> bool:
         sps = (await array.request(via, "GET", "/api/v1/sps")).json()["sps"]
-        return any(e["id"] == peer and e["reachable"] is reachable for e in sps)
+        return any(
+            e["id"] == peer and e["reachable"] is reachable and (not reachable or e.get("role") is not None)
+            for e in sps
+        )
 
     await array.waitFor(seen, 15.0, f"{via} to see {peer} reachable={reachable}", via)
 
