@@ -1000,12 +1000,8 @@ class CommandLimitTests(SynchronousTestCase):
 class ParallelGuessTests(WebTestCase):
     """Guesses sent in parallel from one address all count against it."""
 
-    def test_inFlightLoginsCount(self) -> None:
-        """
-        With C{maxFailures} logins still being checked, the next one from the
-        same address answers 429 before any of them finished; a login that
-        succeeds takes its count back.
-        """
+    def slowLogins(self) -> list[Deferred[bytes]]:
+        """Serve with a checker whose answers the test gives (the pending Deferreds)."""
         from twisted.cred.checkers import ICredentialsChecker
         from twisted.cred.credentials import IUsernamePassword
         from zope.interface import implementer
@@ -1024,6 +1020,15 @@ class ParallelGuessTests(WebTestCase):
                 return d
 
         self.setUpWeb(portal=Portal(RoleRealm({"admin": "admin"}), [SlowChecker()]), maxFailures=3)
+        return pending
+
+    def test_inFlightLoginsCount(self) -> None:
+        """
+        With C{maxFailures} logins still being checked, the next one from the
+        same address answers 429 before any of them finished; a login that
+        succeeds takes its count back.
+        """
+        pending = self.slowLogins()
         guesses = [b"Basic " + base64.b64encode(b"admin:guess%d" % i) for i in range(4)]
         connections = [self.connect() for _ in range(4)]
         for (protocol, _), guess in zip(connections[:3], guesses):
@@ -1046,24 +1051,7 @@ class ParallelGuessTests(WebTestCase):
         Many connections opened at once with the same good password (a
         client behind one address) are not locked out while it is checked.
         """
-        from twisted.cred.checkers import ICredentialsChecker
-        from twisted.cred.credentials import IUsernamePassword
-        from zope.interface import implementer
-
-        from spmgmt.auth import RoleRealm
-
-        pending: list[Deferred[bytes]] = []
-
-        @implementer(ICredentialsChecker)
-        class SlowChecker:
-            credentialInterfaces = (IUsernamePassword,)
-
-            def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
-                d: Deferred[bytes] = Deferred()
-                pending.append(d)
-                return d
-
-        self.setUpWeb(portal=Portal(RoleRealm({"admin": "admin"}), [SlowChecker()]), maxFailures=3)
+        pending = self.slowLogins()
         connections = [self.connect() for _ in range(10)]
         for protocol, _ in connections:
             protocol.dataReceived(request(b"GET", b"/api/v1/sps/spa/health", {b"Authorization": ADMIN}))
