@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any, Callable
 
 from twisted.internet.interfaces import IHandshakeListener, INegotiated
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
-from twisted.web.http import HTTPChannel
-from twisted.web.server import Request
+from twisted.web.http import HTTPChannel, datetimeToLogString
+from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from spmgmt.problem import CONTENT_TYPE, Problem, reasonPhrase
@@ -300,3 +301,19 @@ class HandshakeThrottle:
             for port in self._ports:
                 if port.connected:
                     port.startReading()
+
+
+class GuardedSite(Site):
+    """
+    A site of L{GuardedChannel}s (HTTP/1.1 only) that never shows
+    tracebacks, with a wall-clock access-log date.
+    """
+
+    protocol = GuardedChannel
+    displayTracebacks = False
+
+    def _updateLogDateTime(self) -> None:
+        # The reactor may run on a monotonic clock (spmgmt.clock): the
+        # access log's date must still be the wall-clock date.
+        self._logDateTime = datetimeToLogString(time.time())
+        self._logDateTimeCall = self.reactor.callLater(1, self._updateLogDateTime)

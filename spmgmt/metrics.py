@@ -11,6 +11,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 
+#: HTTP methods with a label of their own; any token is a valid method, and
+#: each label value is a new series held forever.
+_METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def methodLabel(method: bytes | None) -> str:
+    """The metrics label of a request's method: one of a fixed set."""
+    name = method.decode("ascii", "replace") if method else "?"
+    return name if name in _METHOD_LABELS else "other"
+
+
 def exposition(registry: CollectorRegistry) -> tuple[bytes, bytes]:
     """The content type and body for C{GET /metrics}."""
     return CONTENT_TYPE_LATEST.encode("ascii"), generate_latest(registry)

@@ -18,14 +18,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import INegotiated, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import datetimeToLogString
-from twisted.web.server import Site
 from zope.interface import implementer
 
 from spmgmt.auth import PRINCIPAL_HEADER, FailureLimiter, Principal, authenticate, identify
 from spmgmt.config import ArrayConfig
-from spmgmt.httpserver import BoundedRequest, GuardedChannel, HandshakeThrottle
-from spmgmt.metrics import ProxyMetrics
+from spmgmt.httpserver import BoundedRequest, GuardedSite, HandshakeThrottle
+from spmgmt.metrics import ProxyMetrics, methodLabel
 from spmgmt.problem import Problem
 from spmgmt.proxy import policy
 from spmgmt.proxy.backend import Attempt, Backends
@@ -38,7 +36,6 @@ _log = Logger()
 #: TLS handshakes in progress before the front end stops accepting for a
 #: moment (one handshake is ~1-2 ms of CPU; this bounds a reactor turn).
 MAX_HANDSHAKES = 64
-_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
 _EVENT_ID = re.compile(rb"[0-9]{1,18}")
 #: Methods whose request carries a body (so its length is always sent).
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
@@ -176,7 +173,7 @@ class Proxy:
                 f"No SP could serve the request within {self.settings.failover_wait:g} s.",
                 title="No active SP",
                 request_id=request.requestId.decode("ascii"),
-                headers={b"Retry-After": b"%d" % max(1, round(self.settings.failover_wait / 2))},
+                headers={b"Retry-After": self._retryAfter()},
             )
         if attempt.stream:
             await self._stream(request, attempt)
@@ -200,11 +197,9 @@ class Proxy:
         last: Attempt | None = None
         while True:
             route = await self.router.wait(delay, deadline)
-            if request.gone:
-                # Nobody would learn what became of it: send nothing more.
-                return last or Attempt((0, ""), Outcome.NOT_SENT), Action.UNAVAILABLE
-            if route is None:
-                if last is not None and last.outcome is Outcome.SERVICE_MODE:
+            # A client that left would learn nothing of a send: stop too.
+            if route is None or request.gone:
+                if last is not None and last.outcome is Outcome.SERVICE_MODE and not request.gone:
                     return last, Action.DELIVER
                 return last or Attempt((0, ""), Outcome.NOT_SENT), Action.UNAVAILABLE
             headers = upstreamHeaders(request.requestHeaders, request.requestId, route[0], forwardedFor, lastEventId)
@@ -234,7 +229,7 @@ class Proxy:
             raise Problem(502, f"{attempt.route[1]}'s answer was too large: {attempt.detail}.")
         self._copyHead(request, attempt)
         if attempt.outcome is Outcome.SERVICE_MODE:
-            request.setHeader(b"Retry-After", b"%d" % max(1, round(self.settings.failover_wait / 2)))
+            request.setHeader(b"Retry-After", self._retryAfter())
         if (
             request.method == b"GET"
             and request.path == b"/api/v1/array"
@@ -255,6 +250,10 @@ class Proxy:
             request.finish()
             return
         self.answer(request, response.code, body, response.phrase)
+
+    def _retryAfter(self) -> bytes:
+        """When a client held in vain should try again: half the hold."""
+        return b"%d" % max(1, round(self.settings.failover_wait / 2))
 
     def _copyHead(self, request: "ProxyRequest", attempt: Attempt) -> None:
         response = attempt.response
@@ -446,19 +445,15 @@ class ProxyRequest(BoundedRequest):
     def finish(self) -> None:
         proxy = self.proxy if self.channel is not None else None
         if proxy is not None and hasattr(self, "_started"):
-            method = self.method if self.method in _METHODS else b"other"
-            proxy.metrics.requests.labels(method.decode("ascii"), str(self.code)).inc()
+            proxy.metrics.requests.labels(methodLabel(self.method), str(self.code)).inc()
             proxy.metrics.latency.observe(time.monotonic() - self._started)
         super().finish()
 
 
-class ProxySite(Site):
+class ProxySite(GuardedSite):
     """The proxy's site: L{ProxyRequest}s on L{GuardedChannel}s."""
 
     requestFactory = ProxyRequest
-    #: HTTP/1.1 only: ALPN offers nothing else (H15).
-    protocol = GuardedChannel
-    displayTracebacks = False
 
     def __init__(self, proxy: Proxy, **kwargs: Any) -> None:
         settings = proxy.settings
@@ -477,8 +472,3 @@ class ProxySite(Site):
         channel.totalHeadersSize = self._maxHeaderBytes
         channel.onRefused = lambda why: self.proxy.metrics.refused.labels(why).inc()
         return channel
-
-    def _updateLogDateTime(self) -> None:
-        # The reactor may run on a monotonic clock (spmgmt.clock).
-        self._logDateTime = datetimeToLogString(time.time())
-        self._logDateTimeCall = self.reactor.callLater(1, self._updateLogDateTime)

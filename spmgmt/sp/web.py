@@ -24,8 +24,6 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.internet.interfaces import IPushProducer
-from twisted.web.http import datetimeToLogString
-from twisted.web.server import Site
 from zope.interface import implementer
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
@@ -37,7 +35,8 @@ from spmgmt.auth import (
 from spmgmt.commands import InvalidParameters, UnknownCommand, validateParameters
 from spmgmt.peer.client import PeerClient, PeerFailed, PeerRefused, PeerUnavailable
 from spmgmt.events import EventBuffer
-from spmgmt.httpserver import BoundedRequest, GuardedChannel
+from spmgmt.metrics import methodLabel
+from spmgmt.httpserver import BoundedRequest, GuardedSite
 from spmgmt.openapi import documentBytes
 from spmgmt.problem import Problem
 from spmgmt.sp.agent import FULL, SERVICE, SPAgent
@@ -45,7 +44,6 @@ from spmgmt.sp.participant import Participant
 from spmgmt.sp.refusals import problemFor, refusal
 
 _log = Logger()
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 JSON = b"application/json"
 
 
@@ -627,26 +625,18 @@ class SPRequest(BoundedRequest):
     def finish(self) -> None:
         metrics = self.channel.site.agent.metrics if self.channel is not None else None
         if metrics is not None and hasattr(self, "_started"):
-            # A fixed set: any token is a valid method, and each label value
-            # is a new series held forever.
-            method = self.method.decode("ascii", "replace") if self.method else "?"
-            if method not in _METHODS:
-                method = "other"
-            metrics.requests.labels(self.spmgmtRoute, method, str(self.code)).inc()
+            metrics.requests.labels(self.spmgmtRoute, methodLabel(self.method), str(self.code)).inc()
             metrics.latency.labels(self.spmgmtRoute).observe(time.monotonic() - self._started)
         super().finish()
 
 
-class SPSite(Site):
+class SPSite(GuardedSite):
     """
     The SP's site.  Tracebacks are never displayed (the default, kept on
     purpose); C{resource} is swapped between the two apps.
     """
 
     requestFactory = SPRequest
-    #: A deadline on reading each request (slowloris); HTTP/1.1 only.
-    protocol = GuardedChannel
-    displayTracebacks = False
 
     def __init__(self, resource: Any, agent: SPAgent, **kwargs: Any) -> None:
         kwargs.setdefault("timeout", agent.config.limits.idle_timeout)
@@ -658,9 +648,3 @@ class SPSite(Site):
         channel = super().buildProtocol(addr)
         channel.readTimeout = self.agent.config.limits.read_timeout
         return channel
-
-    def _updateLogDateTime(self) -> None:
-        # The reactor may run on a monotonic clock (spmgmt.clock): the
-        # access log's date must still be the wall-clock date.
-        self._logDateTime = datetimeToLogString(time.time())
-        self._logDateTimeCall = self.reactor.callLater(1, self._updateLogDateTime)
