@@ -189,6 +189,20 @@ class TokenPolicyConfig:
         return self.heartbeat_interval * self.heartbeat_misses
 
 
+#: Events kept in memory by the arbiter and each SP (about 1 KB each).
+MAX_HISTORY = 100_000
+
+
+@frozen
+class EventsConfig:
+    """
+    The event history: how many events the arbiter and every SP keep
+    (the arbiter's file grows to twice that before it is compacted).
+    """
+
+    history: int
+
+
 @frozen
 class LimitsConfig:
     """
@@ -224,6 +238,7 @@ class ArrayConfig:
     limits: LimitsConfig
     peer: PeerConfig
     token: TokenPolicyConfig
+    events: EventsConfig = EventsConfig(history=1000)
 
     def sp(self, spId: str) -> SPConfig:
         """
@@ -689,6 +704,12 @@ def parseConfig(path: str | Path) -> ArrayConfig:
             "an SP must step down before another can be granted",
         )
     token.done()
+
+    events = top.table("events", {})
+    eventsConfig = EventsConfig(history=events.positive("history", int, 1000))
+    if eventsConfig.history > MAX_HISTORY:
+        raise events.fail("history", f"must be at most {MAX_HISTORY}")
+    events.done()
     top.done()
 
     return ArrayConfig(
@@ -707,6 +728,7 @@ def parseConfig(path: str | Path) -> ArrayConfig:
         limits=limitsConfig,
         peer=peerConfig,
         token=tokenConfig,
+        events=eventsConfig,
     )
 
 

@@ -3,15 +3,18 @@
 The event history: token moves, health changes, command runs.
 
 The arbiter is its single writer (L{EventLog}: ids only grow, persisted as
-JSON lines, bounded); every SP keeps a bounded copy (L{EventBuffer}) fed by
+JSON lines, bounded); every SP keeps a bounded copy (L{EventCopy}) fed by
 the arbiter and caught up by id after a reconnect, so any SP, active or
 not, can serve the history and the event stream.
+
+One rule keeps every id in every copy exactly once and in order: an event
+is kept in memory and made durable before anyone hears of it, and a copy
+takes pushed events only while it is known to be caught up.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import deque
 from pathlib import Path
@@ -19,9 +22,17 @@ from typing import Any, Callable, Iterable
 
 from twisted.logger import Logger
 
+from spmgmt.durable import appendDurably, replaceDurably
+
 _log = Logger()
 
 Event = dict[str, Any]
+
+#: The most events one catch-up answer holds; a full page means "ask again".
+PAGE = 1000
+
+#: The default number of events the arbiter and every SP keep.
+HISTORY = 1000
 
 
 class EventBuffer:
@@ -29,7 +40,7 @@ class EventBuffer:
     The last C{size} events, in id order, with listeners for new ones.
     """
 
-    def __init__(self, size: int = 1000) -> None:
+    def __init__(self, size: int = HISTORY) -> None:
         self._events: deque[Event] = deque(maxlen=size)
         self._listeners: list[Callable[[Event], None]] = []
 
@@ -43,15 +54,23 @@ class EventBuffer:
         Keep C{event} if it is newer than everything held (duplicates and
         stragglers from a catch-up are dropped); tell the listeners.
         """
+        if not self._keep(event):
+            return False
+        self._announce(event)
+        return True
+
+    def _keep(self, event: Event) -> bool:
         if not isinstance(event.get("id"), int) or event["id"] <= self.lastId:
             return False
         self._events.append(event)
+        return True
+
+    def _announce(self, event: Event) -> None:
         for listener in list(self._listeners):
             try:
                 listener(event)
             except Exception:
                 _log.failure("event listener failed")
-        return True
 
     def since(self, eventId: int, limit: int | None = None) -> list[Event]:
         """The events with an id above C{eventId}, oldest first."""
@@ -64,23 +83,63 @@ class EventBuffer:
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
 
+class EventCopy(EventBuffer):
+    """
+    An SP's copy of the arbiter's history.
+
+    After each (re)connect the copy catches up by pages of L{PAGE}: a
+    short page means it has everything the arbiter had recorded when it
+    answered.  Until then pushed events are ignored rather than held: the
+    arbiter pushes each event before it answers a later catch-up request on
+    the same connection, so the last page holds every one of them, and a
+    catch-up that fails can leave no event applied ahead of a missing one.
+
+    @ivar catchingUp: a catch-up is under way (pushed events are ignored).
+    """
+
+    catchingUp = False
+
+    def beginCatchUp(self) -> int:
+        """A session started: ignore pushes; fetch the events after the id returned."""
+        self.catchingUp = True
+        return self.lastId
+
+    def pushed(self, event: Event) -> None:
+        """The arbiter announced C{event} on the current session."""
+        if not self.catchingUp:
+            self.add(event)
+
+    def page(self, events: list[Event]) -> int | None:
+        """
+        One catch-up answer arrived: keep it; the id to fetch after next,
+        or L{None} when caught up.
+        """
+        for event in sorted(events, key=lambda e: e["id"]):
+            self.add(event)
+        if len(events) >= PAGE:
+            return self.lastId
+        self.catchingUp = False
+        return None
+
+
 class EventLog(EventBuffer):
     """
     The arbiter's history: appends each event to a JSON-lines file and
     starts, after a restart, from the ids already written.  The file is
     rewritten (atomically) to the last C{size} events when it grows to twice
-    that.  Events are not fsynced one by one: losing the last few on a power
-    cut is acceptable for a history, unlike for the epoch.
+    that.  Each event is on disk (fdatasync) before it is announced: an id
+    an SP has seen is never issued again after a restart.
     """
 
-    def __init__(self, path: Path, size: int = 1000, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path, size: int = HISTORY, clock: Callable[[], float] = time.time) -> None:
         super().__init__(size)
         self._path = Path(path)
         self._size = size
         self._clock = clock
         self._lines = 0
+        self._unwritten = False
         for event in self._read():
-            super().add(event)
+            self._keep(event)
             self._lines += 1
         self._nextId = self.lastId + 1
 
@@ -103,27 +162,39 @@ class EventLog(EventBuffer):
         return sorted(events, key=lambda e: e["id"])
 
     def record(self, kind: str, data: dict[str, Any]) -> Event:
-        """A new event of C{kind}, numbered, stored and announced."""
+        """
+        A new event of C{kind}: numbered, kept (a compaction rewrites the
+        file from memory, so the event must be there first), stored, and
+        only then announced.
+        """
         event = {"id": self._nextId, "kind": kind, "time": self._clock(), **data}
         self._nextId += 1
-        self._append(event)
-        self.add(event)
+        self._keep(event)
+        self._store(event)
+        self._announce(event)
         return event
 
-    def _append(self, event: Event) -> None:
+    def _store(self, event: Event) -> None:
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            with self._path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(event, default=str) + "\n")
-            self._lines += 1
-            if self._lines >= 2 * self._size:
+            if self._unwritten or self._lines + 1 >= 2 * self._size:
                 self._compact()
+            else:
+                appendDurably(self._path, _line(event))
+                self._lines += 1
         except OSError as e:
+            # The history goes on in memory and on the SPs; the next write
+            # that works rewrites the whole file from memory.
+            self._unwritten = True
             _log.error("cannot write the event history {path}: {why}", path=str(self._path), why=str(e))
 
     def _compact(self) -> None:
-        tmp = self._path.with_name(self._path.name + ".tmp")
+        """Rewrite the file to the events held in memory (the newest included)."""
         keep = self.since(0)
-        tmp.write_text("".join(json.dumps(e, default=str) + "\n" for e in keep), encoding="utf-8")
-        os.replace(tmp, self._path)
+        replaceDurably(self._path, b"".join(_line(e) for e in keep))
         self._lines = len(keep)
+        self._unwritten = False
+
+
+def _line(event: Event) -> bytes:
+    return (json.dumps(event, default=str) + "\n").encode("utf-8")

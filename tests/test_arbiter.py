@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.spread.pb import DeadReferenceError
 from twisted.trial.unittest import SynchronousTestCase
 
 from spmgmt import token
@@ -135,3 +136,18 @@ class ArbiterShellTests(SynchronousTestCase):
         # The miss window is 0.3 s; the next tick after it would be 0.35 s.
         self.assertGreater(moved, self.policy.missWindow)
         self.assertLess(moved, self.policy.missWindow + 0.015)
+
+    def test_deadMindDoesNotSilenceOthers(self) -> None:
+        """
+        A mind whose connection is gone but not yet detached (PB raises at
+        once) does not keep the event from the SPs after it.
+        """
+        arbiter = self.arbiter(EpochStore(self.directory / "epoch.json"))
+
+        class DeadMind:
+            def callRemote(self, method: str, *args: Any) -> Deferred[Any]:
+                raise DeadReferenceError("Calling Stale Broker")
+
+        arbiter._minds = {"spa": DeadMind(), "spb": RecordingMind(self.calls, "spb")}
+        event = arbiter.events.record("x", {})
+        self.assertIn(("spb", "event", event), self.calls)

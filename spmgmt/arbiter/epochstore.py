@@ -8,10 +8,11 @@ torn file.  An epoch that cannot be stored is not granted.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 from pathlib import Path
+
+from spmgmt.durable import replaceDurably
 
 
 class EpochStoreError(Exception):
@@ -72,27 +73,11 @@ class EpochStore:
 
         @raise EpochStoreError: it could not be made durable.
         """
-        tmp = self.path.with_name(self.path.name + ".tmp")
         _crashPoint("grant.before_persist")
+        data = json.dumps({"epoch": epoch, "holder": holder}).encode() + b"\n"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                data = json.dumps({"epoch": epoch, "holder": holder}).encode() + b"\n"
-                while data:
-                    written = os.write(fd, data)
-                    if written <= 0:
-                        raise OSError(errno.EIO, "short write")
-                    data = data[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            directory = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            replaceDurably(self.path, data)
         except OSError as e:
             raise EpochStoreError(f"cannot store epoch {epoch} in {self.path}: {e.strerror}") from None
         _crashPoint("grant.after_fsync")

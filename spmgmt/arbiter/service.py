@@ -20,12 +20,13 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.spread import pb
+from twisted.spread.pb import DeadReferenceError
 from zope.interface import implementer
 
 from spmgmt import token
 from spmgmt.arbiter.epochstore import EpochStore, EpochStoreError
 from spmgmt.config import ArrayConfig, ConfigError, readPeerSecret
-from spmgmt.events import EventLog
+from spmgmt.events import HISTORY, PAGE, EventLog
 from spmgmt.peer._common import error, ok
 from spmgmt.peer.server import PeerSecretChecker, PeerServerFactory, boundName
 from spmgmt.tls import serverOptions, tlsServerFactory
@@ -68,6 +69,7 @@ class Arbiter(Service):
         policy: token.Policy,
         store: EpochStore,
         monotonic: Callable[[], float] = time.monotonic,
+        history: int = HISTORY,
     ) -> None:
         self._reactor = reactor
         self.policy = policy
@@ -77,7 +79,7 @@ class Arbiter(Service):
         self._tick: Any = None
         self._holderDeadline: Any = None
         self._ackWaiters: list[tuple[int, Deferred[int]]] = []
-        self.events = EventLog(store.path.parent / "events.jsonl")
+        self.events = EventLog(store.path.parent / "events.jsonl", size=history)
         self.events.listen(self._push)
         self.lastMove: dict[str, Any] | None = None
         self._routeListeners: list[Callable[[tuple[int, str] | None], None]] = []
@@ -215,8 +217,14 @@ class Arbiter(Service):
 
     def _push(self, event: dict[str, Any]) -> None:
         """Send a new event to every connected SP (each keeps a copy)."""
-        for mind in list(self._minds.values()):
-            d = mind.callRemote("event", event)
+        for sp, mind in list(self._minds.items()):
+            try:
+                d = mind.callRemote("event", event)
+            except DeadReferenceError:
+                # Its connection is gone but not yet detached: it catches
+                # up on reconnect, and the others must still hear of it.
+                _log.info("{sp} is disconnecting; it catches up on reconnect", sp=sp)
+                continue
             d.addTimeout(self.policy.ackTimeout, self._reactor)
             d.addErrback(lambda reason: None)  # it catches up by id on reconnect
 
@@ -335,7 +343,7 @@ class ControlAvatar(pb.Avatar):
     def perspective_events(self, since: object) -> dict[str, Any]:
         if not isinstance(since, int) or isinstance(since, bool):
             return error("bad_request", "since must be an event id")
-        return ok(self._arbiter.events.since(since, limit=1000))
+        return ok(self._arbiter.events.since(since, limit=PAGE))
 
     def perspective_report(self, kind: object, data: object) -> dict[str, Any]:
         if kind != "command" or not isinstance(data, dict):
@@ -388,7 +396,7 @@ def makeArbiterService(reactor: Any, config: ArrayConfig) -> MultiService:
     top = MultiService()
     store = EpochStore(config.token.state_file)
     try:
-        arbiter = Arbiter(reactor, policyFor(config), store)
+        arbiter = Arbiter(reactor, policyFor(config), store, history=config.events.history)
     except EpochStoreError as e:
         raise ConfigError(config.path, "token.state_file", str(e)) from None
     arbiter.setServiceParent(top)

@@ -14,7 +14,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from attrs import define, field
+from attrs import Factory, define, field
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
@@ -22,7 +22,7 @@ from twisted.logger import Logger
 
 from spmgmt.commands import CommandResult, UnknownCommand, buildArgv, runCommand, validateParameters
 from spmgmt.config import ArrayConfig, CommandConfig, SPConfig
-from spmgmt.events import EventBuffer
+from spmgmt.events import EventCopy
 from spmgmt.metrics import SPMetrics
 from spmgmt.sp import role
 from spmgmt.sp.facts import hostFacts
@@ -86,7 +86,9 @@ class SPAgent:
     roleState: RoleState = field(factory=RoleState)
     lease: float = 0.3
     arrayView: dict[str, Any] | None = None
-    events: EventBuffer = field(factory=EventBuffer)
+    events: EventCopy = field(
+        default=Factory(lambda self: EventCopy(self.config.events.history), takes_self=True)
+    )
     reporter: Callable[[str, dict[str, Any]], None] | None = None
     healthy: bool = True
     healthSnapshot: Callable[[], dict[str, Any]] = lambda: {"healthy": True, "checks": []}

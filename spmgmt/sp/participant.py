@@ -12,6 +12,7 @@ from the arbiter steps down by itself.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -24,6 +25,9 @@ from spmgmt.sp import role
 from spmgmt.sp.agent import SPAgent
 
 _log = Logger()
+
+#: Reports kept while the arbiter is away (a command run each).
+MAX_UNSENT = 1000
 
 
 class ControlMind(pb.Referenceable):
@@ -80,7 +84,8 @@ class Participant(PBSession):
         self._agent = agent
         self._monotonic = monotonic
         self._beat: Any = None
-        self._pending: list[dict[str, Any]] | None = None
+        self._catchUpRetry: Any = None
+        self._unsent: deque[tuple[str, dict[str, Any]]] = deque(maxlen=MAX_UNSENT)
         agent.reporter = self.report
         # A health change is news for the arbiter now, not at the next beat.
         agent.onModeChange(lambda kind: self._sendBeat())
@@ -92,9 +97,10 @@ class Participant(PBSession):
         self._scheduleBeat()
 
     def stopService(self) -> Deferred[None]:
-        if self._beat is not None and self._beat.active():
-            self._beat.cancel()
-        self._beat = None
+        for call in (self._beat, self._catchUpRetry):
+            if call is not None and call.active():
+                call.cancel()
+        self._beat = self._catchUpRetry = None
         return super().stopService()
 
     def mind(self) -> pb.Referenceable:
@@ -103,6 +109,7 @@ class Participant(PBSession):
     def sessionStarted(self, perspective: Any) -> None:
         self._sendBeat()
         self._catchUp(perspective)
+        self._sendReports()
 
     def sessionEnded(self, perspective: Any) -> None:
         # The arbiter regrants at once when it sees the holder's connection
@@ -114,41 +121,68 @@ class Participant(PBSession):
     # -- events -------------------------------------------------------------------
 
     def eventArrived(self, event: dict[str, Any]) -> None:
-        if self._pending is not None:
-            self._pending.append(event)  # after the catch-up, in id order
-        else:
-            self._agent.events.add(event)
+        self._agent.events.pushed(event)
 
     def _catchUp(self, perspective: Any) -> None:
         """
-        Fetch the events missed while disconnected.  Events pushed
-        meanwhile wait, so the copy (and every stream fed from it) stays in
-        id order with no gap.
+        Fetch the events missed while disconnected, a page at a time, on
+        this session only; a failed page is asked again while the session
+        lasts (the next session starts its own catch-up).
         """
-        self._pending = []
-        d = perspective.callRemote("events", self._agent.events.lastId)
+        copy = self._agent.events
+        self._fetchPage(perspective, copy.beginCatchUp())
+
+    def _fetchPage(self, perspective: Any, since: int) -> None:
+        d = perspective.callRemote("events", since)
         d.addTimeout(5.0, self._reactor)
 
-        def arrived(reply: Any) -> list[dict[str, Any]]:
-            if isinstance(reply, dict) and isinstance(reply.get("ok"), list):
-                return [e for e in reply["ok"] if isinstance(e, dict)]
-            return []
+        def arrived(reply: Any) -> None:
+            if self.perspective is not perspective:
+                return
+            if not (isinstance(reply, dict) and isinstance(reply.get("ok"), list)):
+                _log.warn("the arbiter refused the event catch-up: {reply!r}", reply=reply)
+                self._catchUpRetry = self._reactor.callLater(1.0, again)
+                return
+            page = [e for e in reply["ok"] if isinstance(e, dict) and isinstance(e.get("id"), int)]
+            after = self._agent.events.page(page)
+            if after is not None:
+                self._fetchPage(perspective, after)
 
-        def apply(missed: list[dict[str, Any]]) -> None:
-            pending, self._pending = self._pending or [], None
-            for event in sorted(missed + pending, key=lambda e: e.get("id", 0)):
-                self._agent.events.add(event)
+        def failed(reason: Any) -> None:
+            if self.perspective is perspective:
+                _log.warn("event catch-up failed: {why}; asking again", why=reason.getErrorMessage())
+                self._catchUpRetry = self._reactor.callLater(1.0, again)
 
-        d.addCallbacks(arrived, lambda reason: []).addCallback(apply)
+        def again() -> None:
+            if self.perspective is perspective:
+                self._fetchPage(perspective, self._agent.events.lastId)
+
+        d.addCallbacks(arrived, failed)
 
     def report(self, kind: str, data: dict[str, Any]) -> None:
-        """Tell the arbiter something for the history; lost if not connected."""
+        """
+        Tell the arbiter something for the history (a command run).  While
+        there is no session the report waits (the newest L{MAX_UNSENT}) and
+        goes out when the next one starts: a command that ran while the
+        arbiter was away still shows in the history.  A report lost in
+        flight is logged, not sent again (it may have been recorded).
+        """
+        self._unsent.append((kind, data))
+        self._sendReports()
+
+    def _sendReports(self) -> None:
         perspective = self.perspective
-        if perspective is None:
-            return
-        d = perspective.callRemote("report", kind, data)
-        d.addTimeout(5.0, self._reactor)
-        d.addErrback(lambda reason: None)
+        while perspective is not None and self._unsent:
+            kind, data = self._unsent.popleft()
+            d = perspective.callRemote("report", kind, data)
+            d.addTimeout(5.0, self._reactor)
+            d.addErrback(
+                lambda reason, kind=kind: _log.warn(
+                    "a {kind} report may be missing from the history: {why}",
+                    kind=kind,
+                    why=reason.getErrorMessage(),
+                )
+            )
 
     # -- the role ------------------------------------------------------------------
 

@@ -486,6 +486,12 @@ class EventStream:
     Flow control: the request's transport pauses this producer when the
     client reads slowly; events then wait in a queue, and a client that
     falls C{maxQueued} events behind is dropped rather than buffered for.
+
+    Each id goes out at most once and only above C{since}: a copy that is
+    still catching up announces events the client already has.  Ids are
+    consecutive, so a jump means events this SP no longer holds (a resume
+    from further back than its bounded history): the client is told so
+    with a C{gap} message (no id) rather than left to guess.
     """
 
     keepalive = 15.0
@@ -496,6 +502,7 @@ class EventStream:
         self._clock = clock
         self._paused = False
         self._queue: list[dict[str, Any]] = []
+        self._lastSent = since
         self.done: Deferred[None] = Deferred(lambda d: self._close())
         request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-store")
@@ -518,6 +525,17 @@ class EventStream:
         self._send(event)
 
     def _send(self, event: dict[str, Any]) -> None:
+        if event["id"] <= self._lastSent:
+            return
+        if self._lastSent and event["id"] > self._lastSent + 1:
+            gap = {
+                "kind": "gap",
+                "after": self._lastSent,
+                "next": event["id"],
+                "detail": f"the events after {self._lastSent} and before {event['id']} are no longer held here",
+            }
+            self._request.write(f"event: gap\ndata: {json.dumps(gap)}\n\n".encode())
+        self._lastSent = event["id"]
         kind = str(event.get("kind", "event")).replace("\n", " ")
         self._request.write(
             f"id: {event['id']}\nevent: {kind}\ndata: {json.dumps(event, default=str)}\n\n".encode()

@@ -1,0 +1,53 @@
+# -*- test-case-name: tests.test_epochstore,tests.test_events -*-
+"""
+Files that survive a crash or a power cut once a call returns: the
+arbiter's epoch and its event history.  Raises L{OSError}; callers say what
+the file was.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+
+def replaceDurably(path: Path, data: bytes) -> None:
+    """
+    Replace C{path} with C{data}: written to C{<name>.tmp} beside it,
+    fsynced, renamed over it, and the directory fsynced, so a crash at any
+    point leaves the old content or the new, never neither and never a torn
+    file.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        _writeAll(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def appendDurably(path: Path, data: bytes) -> None:
+    """Append C{data} to C{path} (created 0600) and fdatasync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        _writeAll(fd, data)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def _writeAll(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.EIO, "short write")
+        view = view[written:]
