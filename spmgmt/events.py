@@ -35,6 +35,10 @@ PAGE = 1000
 HISTORY = 1000
 
 
+class EventHistoryError(Exception):
+    """The history file exists but cannot be read; the message says why."""
+
+
 class EventBuffer:
     """
     The last C{size} events, in id order, with listeners for new ones.
@@ -138,27 +142,37 @@ class EventLog(EventBuffer):
         self._clock = clock
         self._lines = 0
         self._unwritten = False
+        #: Lines of the file that were not events (a torn last line aside).
+        self.unreadable = 0
         for event in self._read():
             self._keep(event)
             self._lines += 1
         self._nextId = self.lastId + 1
 
     def _read(self) -> Iterable[Event]:
+        """
+        The events in the file, in id order.
+
+        @raise EventHistoryError: it exists but cannot be read: starting
+            empty would issue its ids again.
+        """
         try:
             lines = self._path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             return []
         except (OSError, UnicodeDecodeError) as e:
-            _log.error("cannot read the event history {path}: {why}", path=str(self._path), why=str(e))
-            return []
+            why = getattr(e, "strerror", None) or str(e)
+            raise EventHistoryError(f"cannot read the event history {self._path}: {why}") from None
         events = []
-        for line in lines:
+        for number, line in enumerate(lines, 1):
             try:
                 event = json.loads(line)
             except ValueError:
-                continue  # a torn last line after a crash
-            if isinstance(event, dict) and isinstance(event.get("id"), int):
+                event = None
+            if isinstance(event, dict) and isinstance(event.get("id"), int) and not isinstance(event["id"], bool):
                 events.append(event)
+            elif number < len(lines):  # a torn last line is what a crash leaves
+                self.unreadable += 1
         return sorted(events, key=lambda e: e["id"])
 
     def record(self, kind: str, data: dict[str, Any]) -> Event:

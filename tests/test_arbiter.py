@@ -12,12 +12,15 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.spread.pb import DeadReferenceError
 from twisted.trial.unittest import SynchronousTestCase
 
 from spmgmt import token
 from spmgmt.arbiter.epochstore import EpochStore, EpochStoreError
-from spmgmt.arbiter.service import Arbiter
+from spmgmt.arbiter.service import Arbiter, makeArbiterService
+from spmgmt.config import ConfigError
+from spmgmt.testing import ArrayHarness
 
 
 class RecordingMind:
@@ -151,3 +154,32 @@ class ArbiterShellTests(SynchronousTestCase):
         arbiter._minds = {"spa": DeadMind(), "spb": RecordingMind(self.calls, "spb")}
         event = arbiter.events.record("x", {})
         self.assertIn(("spb", "event", event), self.calls)
+
+    def test_lostHistoryIsAnAlarm(self) -> None:
+        """
+        A history that lost lines, or is empty although epochs were issued,
+        starts with an alarm event saying so.
+        """
+        store = EpochStore(self.directory / "epoch.json")
+        store.store(4, "spa")
+        arbiter = Arbiter(self.clock, self.policy, store, monotonic=lambda: self.now[0])
+        (alarm,) = arbiter.events.since(0)
+        self.assertEqual((alarm["kind"], alarm["id"]), ("alarm", 1))
+        self.assertIn("empty though epoch 4", alarm["why"])
+        with (self.directory / "events.jsonl").open("a") as f:
+            f.write("not an event\n")
+        arbiter.events.record("x", {})
+        again = Arbiter(self.clock, self.policy, store, monotonic=lambda: self.now[0])
+        self.assertIn("1 lines of the event history", again.events.since(0)[-1]["why"])
+        self.assertEqual(again.events.lastId, 3)
+
+    def test_unreadableHistoryStopsStart(self) -> None:
+        """An unreadable history ends the arbiter's start with a one-line error naming it."""
+        harness = ArrayHarness(MemoryReactorClock(), self.directory / "array", arbiter=True)
+        history = harness.config.token.state_file.parent / "events.jsonl"
+        history.parent.mkdir(parents=True)
+        history.write_bytes(b"\xff\n")
+        error = self.assertRaises(ConfigError, makeArbiterService, MemoryReactorClock(), harness.config)
+        self.assertIn("token.state_file", str(error))
+        self.assertIn(f"cannot read the event history {history}", str(error))
+        self.assertEqual(len(str(error).splitlines()), 1)

@@ -25,7 +25,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from spmgmt import events
 from spmgmt.config import Address
 from spmgmt.durable import appendDurably
-from spmgmt.events import PAGE, EventBuffer, EventCopy, EventLog
+from spmgmt.events import PAGE, EventBuffer, EventCopy, EventHistoryError, EventLog
 from spmgmt.sp.agent import SPAgent
 from spmgmt.sp.participant import Participant
 from spmgmt.sp.web import EventStream
@@ -72,6 +72,22 @@ class EventLogTests(SynchronousTestCase):
         again = EventLog(self.path)
         self.assertEqual([e["id"] for e in again.since(0)], [1, 2])
         self.assertEqual(again.record("grant", {})["id"], 3)
+
+    def test_unreadableRefused(self) -> None:
+        """
+        A history that exists but cannot be read is an error naming the
+        file, never an empty history (which would issue its ids again).
+        """
+        self.path.write_bytes(b'{"id": 1}\n\xff\xfe\n')
+        error = self.assertRaises(EventHistoryError, EventLog, self.path)
+        self.assertIn(str(self.path), str(error))
+        self.assertEqual(len(str(error).splitlines()), 1)
+
+    def test_unreadableLinesCounted(self) -> None:
+        """Lines that are not events (a torn last line aside) are counted for an alarm."""
+        self.path.write_text('{"id": 1}\ngarbage\n{"id": true}\n{"id": 2}\n{"id": 3, "kind": "to')
+        log = EventLog(self.path)
+        self.assertEqual(([e["id"] for e in log.since(0)], log.unreadable), ([1, 2], 2))
 
     def test_bounded(self) -> None:
         """The file is compacted to the last C{size} events when it doubles."""

@@ -26,7 +26,7 @@ from zope.interface import implementer
 from spmgmt import token
 from spmgmt.arbiter.epochstore import EpochStore, EpochStoreError
 from spmgmt.config import ArrayConfig, ConfigError, readPeerSecret
-from spmgmt.events import HISTORY, PAGE, EventLog
+from spmgmt.events import HISTORY, PAGE, EventHistoryError, EventLog
 from spmgmt.peer._common import error, ok
 from spmgmt.peer.server import PeerSecretChecker, PeerServerFactory, boundName
 from spmgmt.tls import serverOptions, tlsServerFactory
@@ -86,6 +86,13 @@ class Arbiter(Service):
         self._announced: tuple[int, str] | None = None
         epoch, lastHolder = store.loadState()
         self.state = token.initial(epoch, monotonic(), lastHolder)
+        if self.events.unreadable:
+            self._record(
+                "alarm",
+                {"why": f"{self.events.unreadable} lines of the event history could not be read and were left out"},
+            )
+        if epoch and not self.events.lastId:
+            self._record("alarm", {"why": f"the event history is empty though epoch {epoch} was issued: it was lost"})
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -397,7 +404,7 @@ def makeArbiterService(reactor: Any, config: ArrayConfig) -> MultiService:
     store = EpochStore(config.token.state_file)
     try:
         arbiter = Arbiter(reactor, policyFor(config), store, history=config.events.history)
-    except EpochStoreError as e:
+    except (EpochStoreError, EventHistoryError) as e:
         raise ConfigError(config.path, "token.state_file", str(e)) from None
     arbiter.setServiceParent(top)
     names = {sp.id for sp in config.sps}
