@@ -47,7 +47,7 @@ from _common import OTHERS_LIMIT, REPO, RESULTS, CPUWindow, codeUnderTest, comma
 from _common import percentile, endRun, record, withDeadline
 
 from spmgmt.config import readPeerSecret
-from spmgmt.peer.client import PeerClient
+from spmgmt.sp.peers import PeerClient
 from spmgmt.testing import ArrayHarness
 
 # Our own PeerClient's keepalive: long enough that it never fires during the

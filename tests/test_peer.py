@@ -1,5 +1,5 @@
 """
-Tests for L{spmgmt.peer} and L{spmgmt.sp.refusals}, without sockets.
+Tests for the peer channel (L{spmgmt.pb}, L{spmgmt.sp.peers}, L{spmgmt.sp.peerserver}) and L{spmgmt.sp.refusals}, without sockets.
 
 The realm and the secret checker are driven directly; the guarded broker is
 fed hand-made banana bytes through a L{StringTransport}; PB logins over an
@@ -34,23 +34,18 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from spmgmt.commands import CommandResult, InvalidParameters, UnknownCommand
 from spmgmt.config import readPeerSecret
-from spmgmt.peer._common import (
+from spmgmt.pb.wire import (
     MAX_DEPTH,
     MAX_MESSAGE_BYTES,
     MAX_REPLY_BYTES,
     GuardedBroker,
     securityOptions,
 )
-from spmgmt.peer.client import PeerClient, PeerFailed, PeerRefused, PeerUnavailable
-from spmgmt.peer.server import (
-    PeerAvatar,
-    PeerRealm,
-    PeerSecretChecker,
-    PeerServerFactory,
-    peerPortal,
-)
-from spmgmt.sp.role import RoleState
+from spmgmt.pb.server import PeerSecretChecker, PeerServerFactory
 from spmgmt.sp.agent import SERVICE, NotInServiceMode, RequiresActive, SPAgent, StaleEpoch
+from spmgmt.sp.peers import PeerClient, PeerFailed, PeerRefused, PeerUnavailable
+from spmgmt.sp.peerserver import PeerAvatar, PeerRealm, peerPortal
+from spmgmt.sp.role import RoleState
 from spmgmt.sp.refusals import problemFor, refusal
 from spmgmt.testing import ArrayHarness
 from spmgmt.tls import serverOptions, tlsServerFactory

@@ -28,7 +28,7 @@ from twisted.spread import banana, jelly, pb
 from twisted.trial.unittest import TestCase
 
 from spmgmt.config import readPeerSecret
-from spmgmt.peer._common import MAX_MESSAGE_BYTES, securityOptions
+from spmgmt.pb.wire import MAX_MESSAGE_BYTES, securityOptions
 from spmgmt.pki import certificatePEM, createCA, issueCertificate, keyPEM
 from spmgmt.testing import ArrayHarness, ArrayTestMixin
 from spmgmt.tls import clientOptions

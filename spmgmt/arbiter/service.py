@@ -27,8 +27,8 @@ from spmgmt import token
 from spmgmt.arbiter.epochstore import EpochStore, EpochStoreError
 from spmgmt.config import ArrayConfig, ConfigError, readPeerSecret
 from spmgmt.events import HISTORY, PAGE, EventHistoryError, EventLog
-from spmgmt.peer._common import error, ok
-from spmgmt.peer.server import PeerSecretChecker, PeerServerFactory, boundName
+from spmgmt.pb.wire import error, ok
+from spmgmt.pb.server import PeerSecretChecker, PeerServerFactory, boundName
 from spmgmt.tls import serverOptions, tlsServerFactory
 
 _log = Logger()

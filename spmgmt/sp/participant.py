@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.spread import pb
 
 from spmgmt.config import Address
-from spmgmt.peer.client import PBSession
+from spmgmt.pb.session import PBSession
 from spmgmt.sp import role
 from spmgmt.sp.agent import SPAgent
 

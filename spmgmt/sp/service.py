@@ -20,8 +20,9 @@ from spmgmt.auth import FailureLimiter, authThreadPool, portalFromConfig
 from spmgmt.config import ArrayConfig, SPConfig, readPeerSecret
 from spmgmt.health import HealthMonitor, buildChecks
 from spmgmt.httpserver import ConnectionCap
-from spmgmt.peer.client import PeerClient
-from spmgmt.peer.server import PeerServerFactory, peerPortal
+from spmgmt.sp.peers import PeerClient
+from spmgmt.pb.server import PeerServerFactory
+from spmgmt.sp.peerserver import peerPortal
 from spmgmt.sp.agent import SPAgent
 from spmgmt.sp.participant import Participant
 from spmgmt.sp.web import ManagementWeb

@@ -33,7 +33,7 @@ from spmgmt.auth import (
     authenticate,
 )
 from spmgmt.commands import InvalidParameters, UnknownCommand, validateParameters
-from spmgmt.peer.client import PeerClient, PeerFailed, PeerRefused, PeerUnavailable
+from spmgmt.sp.peers import PeerClient, PeerFailed, PeerRefused, PeerUnavailable
 from spmgmt.events import EventBuffer
 from spmgmt.metrics import methodLabel
 from spmgmt.httpserver import BoundedRequest, GuardedSite

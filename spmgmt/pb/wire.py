@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_peer -*-
+# -*- test-case-name: tests.test_peer,tests.test_peer_security -*-
 """
-What both ends of the peer channel share.
+What both ends of every PB channel share.
 
 Only plain data crosses: every reply is C{{"ok": value}} or
 C{{"error": {"kind": ..., "detail": ..., ...}}}, so expected failures never
