@@ -29,7 +29,7 @@ stop: $(STAMP)
 	$(PY) -m spmgmt.launcher stop --config etc/spmgmt.toml
 
 pki: $(STAMP)
-	$(PY) -m spmgmt.pki --out var/pki spa spb proxy
+	$(PY) -m spmgmt.pki --out var/pki spa spb a1 proxy
 
 # The whole suite, with trial and with pytest (pytest-twisted).
 test: $(STAMP)

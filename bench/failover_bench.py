@@ -3,7 +3,7 @@
 Failover time of the active token on a real two-SP array with its arbiter
 (loopback only).
 
-Starts the arbiter (C{twistd spmgmt proxy}), spa and spb as real C{twistd}
+Starts the arbiter (C{twistd spmgmt arbiter}), the proxy, spa and spb as real C{twistd}
 processes with L{ArrayHarness} (real TLS, ephemeral ports on 127.0.0.1, a
 temporary directory), once for the whole run.  Then, C{--trials} times, for
 each fault kind in turn:

@@ -3,7 +3,7 @@
 Failover gap seen by a client of the proxy, on one persistent TLS
 connection (loopback only).
 
-Starts the proxy (arbiter + TLS front end, C{twistd spmgmt proxy}), spa and
+Starts the arbiter, the proxy (TLS front end, C{twistd spmgmt proxy}), spa and
 spb as real C{twistd} processes with L{ArrayHarness}, once for the whole
 run, and one client process (C{bench/_gap_client.py}) that keeps one TLS
 connection to the proxy and sends C{GET --path} on it every C{--interval}
@@ -469,7 +469,7 @@ def report(
             f"- software: Python {m['python']}, Twisted {m['twisted']} (TLS: pyOpenSSL on {m['tls']}), clients' Python ssl on {m['openssl']}, {m['reactor']}",
             f"- code: {codeUnderTest()}",
             f"- command (repo root): `{command('bench/proxy_gap_bench.py')}`",
-            f"- run: proxy (arbiter + TLS front end) + spa + spb (`twistd`, 127.0.0.1) for the whole run; "
+            f"- run: arbiter + proxy (TLS front end) + spa + spb (`twistd`, 127.0.0.1) for the whole run; "
             f"one client process, one TLS connection to the proxy, `GET {args.path}` (Basic auth, monitor) "
             f"every {args.interval * 1000:g} ms, sequential; {args.trials} trials × {len(FAULTS)} faults; heartbeat "
             f"{p['interval'] * 1000:.0f} ms × {int(p['misses'])} misses, maintenance check every "

@@ -3,7 +3,7 @@
 Many idle TLS keep-alive connections to the proxy held through a SIGKILL
 failover (loopback only).
 
-Starts the proxy (arbiter + TLS front end), spa and spb as real C{twistd}
+Starts the proxy (TLS front end, following the arbiter process), spa and spb as real C{twistd}
 processes with L{ArrayHarness}, and one asyncio client process
 (C{bench/_idle_client.py}) that opens C{--connections} (10,000) TLS
 connections to the proxy, C{--concurrency} at a time, and sends one
@@ -236,7 +236,7 @@ def report(
             f"- software: Python {m['python']}, Twisted {m['twisted']} (TLS: pyOpenSSL on {m['tls']}), clients' Python ssl on {m['openssl']}, {m['reactor']}",
             f"- code: {codeUnderTest()}",
             f"- command (repo root): `{command('bench/proxy_idle_bench.py')}`",
-            f"- run: proxy (arbiter + TLS front end) + spa + spb (`twistd`, 127.0.0.1); one asyncio client "
+            f"- run: arbiter + proxy (TLS front end) + spa + spb (`twistd`, 127.0.0.1); one asyncio client "
             f"process opens {n} TLS connections to the proxy ({args.concurrency} at a time) and sends "
             f"`GET {args.path}` (Basic auth) on each; idle {args.idle:g} s; SIGKILL the holder "
             f"({failover['from']}); once the proxy routes to {failover['to']} "

@@ -4,7 +4,7 @@ Throughput and latency over TLS: directly to the active SP, through the
 spmgmt proxy, and through HAProxy 2.6 (Debian) in front of the same SPs,
 side by side in one run (loopback only).
 
-Starts the proxy (arbiter + TLS front end), spa and spb as real C{twistd}
+Starts the proxy (TLS front end, following the arbiter process), spa and spb as real C{twistd}
 processes with L{ArrayHarness}, and HAProxy (C{haproxy -db}) with a TLS
 front end (the proxy's certificate and key) and the two SPs as backends
 over TLS (C{verify required} against the array CA, SNI and C{verifyhost}
@@ -326,7 +326,7 @@ def report(
             f"{versions['haproxy']}; {versions['wrk']}",
             f"- code: {codeUnderTest()}",
             f"- command (repo root): `{command('bench/proxy_throughput_bench.py')}`",
-            f"- run: proxy (arbiter + TLS front end) + spa + spb (`twistd`, 127.0.0.1), {holder} active; "
+            f"- run: arbiter + proxy (TLS front end) + spa + spb (`twistd`, 127.0.0.1), {holder} active; "
             f"HAProxy `nbthread {args.haproxy_threads}`, {holder} as server and the other SP as `backup`, "
             "TLS to the SPs with `verify required` + SNI/`verifyhost`, `http-reuse always`; wrk: one thread, "
             f"HTTPS keep-alive, {args.duration:g} s per run, {args.rounds} rounds, the three targets in a rotated "

@@ -56,8 +56,8 @@ class Address:
 class SPConfig:
     """
     One SP.  C{arbiter}, when set, is the address this SP dials to reach
-    the arbiter (a different route than C{[proxy] arbiter}, e.g. through a
-    NAT or a test relay); by default it dials C{[proxy] arbiter}.
+    the arbiter (a different route than the arbiter's C{address}, e.g.
+    through a NAT or a test relay); by default it dials that address.
     """
 
     id: str
@@ -69,9 +69,22 @@ class SPConfig:
 
 
 @frozen
+class ArbiterConfig:
+    """
+    One arbiter process: where it listens for SPs and proxies (PB over
+    mutual TLS) and its certificate, which names its C{id}.
+    """
+
+    id: str
+    address: Address
+    cert: Path
+    key: Path
+
+
+@frozen
 class ProxyConfig:
     """
-    The front proxy and its arbiter.
+    The front proxy (it follows the arbiter; it never grants).
 
     @ivar failover_wait: how long a request waits for an active SP before
         the client gets 503 with C{Retry-After}.
@@ -86,7 +99,6 @@ class ProxyConfig:
 
     tls: Address
     plain: Address | None
-    arbiter: Address
     cert: Path
     key: Path
     failover_wait: float = 10.0
@@ -239,6 +251,19 @@ class ArrayConfig:
     peer: PeerConfig
     token: TokenPolicyConfig
     events: EventsConfig = EventsConfig(history=1000)
+    arbiters: tuple[ArbiterConfig, ...] = ()
+
+    def arbiter(self, arbiterId: str) -> ArbiterConfig:
+        """
+        The arbiter called C{arbiterId}.
+
+        @raise ConfigError: no such arbiter.
+        """
+        for arbiter in self.arbiters:
+            if arbiter.id == arbiterId:
+                return arbiter
+        known = ", ".join(a.id for a in self.arbiters) or "none"
+        raise ConfigError(self.path, "arbiter.id", f"no arbiter {arbiterId!r} (known: {known})")
 
     def sp(self, spId: str) -> SPConfig:
         """
@@ -572,13 +597,39 @@ def parseConfig(path: str | Path) -> ArrayConfig:
     if not sps:
         raise top.fail("sp", "at least one [[sp]] is needed")
 
+    arbiters: list[ArbiterConfig] = []
+    for table in top.tables("arbiter"):
+        arbiterId = table.get("id", str)
+        if not _ID_RE.match(arbiterId):
+            raise table.fail("id", "must be lower-case letters, digits, - or _, starting with a letter")
+        if arbiterId == "proxy" or any(sp.id == arbiterId for sp in sps):
+            raise table.fail("id", f"{arbiterId!r} is already an SP or the proxy (each certificate names one role)")
+        if any(a.id == arbiterId for a in arbiters):
+            raise table.fail("id", f"duplicate arbiter id {arbiterId!r}")
+        arbiter = ArbiterConfig(
+            id=arbiterId,
+            address=parseAddress(table, "address"),
+            cert=_path(table, root, "cert"),
+            key=_path(table, root, "key"),
+        )
+        claim(arbiter.address, table.key("address"))
+        table.done()
+        arbiters.append(arbiter)
+    if len(arbiters) > 1:
+        raise top.fail("arbiter", "only one [[arbiter]] is supported (with the file coordinator)")
+
     proxy = None
     if "proxy" in raw:
         table = top.table("proxy")
+        if "arbiter" in table.data:
+            raise table.fail(
+                "arbiter", "moved: the arbiter is a process of its own; give its address in [[arbiter]] address"
+            )
+        if not arbiters:
+            raise top.fail("arbiter", "the proxy follows an arbiter: add an [[arbiter]] table")
         proxy = ProxyConfig(
             tls=parseAddress(table, "tls"),
             plain=parseAddress(table, "plain", None),
-            arbiter=parseAddress(table, "arbiter"),
             cert=_path(table, root, "cert"),
             key=_path(table, root, "key"),
             failover_wait=table.positive("failover_wait", float, 10.0),
@@ -589,7 +640,6 @@ def parseConfig(path: str | Path) -> ArrayConfig:
         )
         claim(proxy.tls, "proxy.tls")
         claim(proxy.plain, "proxy.plain")
-        claim(proxy.arbiter, "proxy.arbiter")
         table.done()
 
     users = []
@@ -729,6 +779,7 @@ def parseConfig(path: str | Path) -> ArrayConfig:
         peer=peerConfig,
         token=tokenConfig,
         events=eventsConfig,
+        arbiters=tuple(arbiters),
     )
 
 
@@ -744,10 +795,27 @@ def readPeerSecret(config: ArrayConfig) -> bytes:
     return secret
 
 
+def loadForArbiter(path: str | Path, arbiterId: str) -> tuple[ArrayConfig, ArbiterConfig]:
+    """
+    Parse the configuration and check what the arbiter C{arbiterId} will
+    use: its certificate and key, the array CA and the peer secret.
+
+    @raise ConfigError: the first problem found.
+    """
+    config = parseConfig(path)
+    arbiter = config.arbiter(arbiterId)
+    index = config.arbiters.index(arbiter)
+    checkCA(config)
+    checkKeyPair(config.path, f"arbiter[{index}].cert", arbiter.cert, f"arbiter[{index}].key", arbiter.key)
+    readPeerSecret(config)
+    return config, arbiter
+
+
 def loadForProxy(path: str | Path) -> ArrayConfig:
     """
-    Parse the configuration and check what the proxy (and its arbiter)
-    will use: its certificate and key, the array CA and the peer secret.
+    Parse the configuration and check what the proxy will use: its
+    certificate and key (also its client certificate towards SPs and the
+    arbiter), the array CA and the peer secret.
 
     @raise ConfigError: the first problem found, or no [proxy] table.
     """

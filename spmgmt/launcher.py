@@ -24,6 +24,7 @@ import ssl
 import subprocess
 import sys
 import time
+from typing import Sequence
 from pathlib import Path
 
 from spmgmt.config import ArrayConfig, ConfigError, parseConfig
@@ -63,19 +64,24 @@ def prepare(configPath: Path, varDir: Path) -> ArrayConfig:
     """Secrets, certificates and directories for a local array."""
     ensureSecrets(varDir / "secrets")
     config = parseConfig(configPath)
-    names = [sp.id for sp in config.sps] + ["proxy"]
+    names = [sp.id for sp in config.sps] + [a.id for a in config.arbiters] + ["proxy"]
     ensurePKI(config.ca.parent, names)
     for sub in ("run", "log"):
         (varDir / sub).mkdir(parents=True, exist_ok=True)
     return config
 
 
-def twistdArgv(python: str, configPath: Path, name: str, varDir: Path) -> list[str]:
+def twistdArgv(python: str, configPath: Path, name: str, varDir: Path, arbiters: Sequence[str] = ()) -> list[str]:
     """
-    The command line that runs C{name} (an SP id, or C{proxy}) in the
-    foreground.
+    The command line that runs C{name} (an SP id, one of the C{arbiters}
+    ids, or C{proxy}) in the foreground.
     """
-    command = ["proxy"] if name == "proxy" else ["sp", f"--id={name}"]
+    if name == "proxy":
+        command = ["proxy"]
+    elif name in arbiters:
+        command = ["arbiter", f"--id={name}"]
+    else:
+        command = ["sp", f"--id={name}"]
     return [
         str(Path(python).parent / "twistd"),
         "--nodaemon",
@@ -113,19 +119,21 @@ def healthzOK(host: str, port: int, serverName: str, ca: Path, timeout: float = 
 
 def _names(config: ArrayConfig) -> list[str]:
     """
-    Every process of the array, the proxy (if configured) last: the SPs are
-    up when its arbiter starts, so the token goes by preference.
+    Every process of the array: the SPs, then the arbiter (the SPs are up
+    when it starts, so the token goes by preference), then the proxy.
     """
-    return [sp.id for sp in config.sps] + (["proxy"] if config.proxy is not None else [])
+    proxy = ["proxy"] if config.proxy is not None else []
+    return [sp.id for sp in config.sps] + [a.id for a in config.arbiters] + proxy
 
 
 def _ready(config: ArrayConfig, name: str) -> bool:
     if name == "proxy":
         assert config.proxy is not None
         tls = config.proxy.tls
-        return portOpen(config.proxy.arbiter.host, config.proxy.arbiter.port) and healthzOK(
-            tls.host, tls.port, "proxy", config.ca
-        )
+        return healthzOK(tls.host, tls.port, "proxy", config.ca)
+    if name in {a.id for a in config.arbiters}:
+        address = config.arbiter(name).address
+        return portOpen(address.host, address.port)
     sp = config.sp(name)
     return healthzOK(sp.web.host, sp.web.port, name, config.ca)
 
@@ -150,7 +158,7 @@ def start(configPath: Path, varDir: Path, detach: bool) -> tuple[ArrayConfig, di
     config = prepare(configPath, varDir)
     procs = {}
     for name in _names(config):
-        argv = twistdArgv(sys.executable, configPath, name, varDir)
+        argv = twistdArgv(sys.executable, configPath, name, varDir, [a.id for a in config.arbiters])
         # Early errors (before twistd's log is open) land in <name>.out.
         with open(varDir / "log" / f"{name}.out", "ab") as out:
             procs[name] = subprocess.Popen(
@@ -186,9 +194,9 @@ def _banner(config: ArrayConfig, varDir: Path) -> str:
     if config.proxy is not None:
         proxy = config.proxy
         plain = f", http://{proxy.plain}/" if proxy.plain is not None else ""
-        lines.append(
-            f"  proxy: https://{proxy.tls}/{plain}  arbiter on {proxy.arbiter}  (log var/log/proxy.log)"
-        )
+        lines.append(f"  proxy: https://{proxy.tls}/{plain}  (log var/log/proxy.log)")
+    for arbiter in config.arbiters:
+        lines.append(f"  arbiter {arbiter.id}: {arbiter.address}  (log var/log/{arbiter.id}.log)")
     for sp in config.sps:
         lines.append(f"  {sp.id}: https://{sp.web.host}:{sp.web.port}/  (log var/log/{sp.id}.log)")
     first = config.sps[0]

@@ -32,6 +32,26 @@ class SPOptions(usage.Options):
                 raise usage.UsageError(f"--{name} is required")
 
 
+class ArbiterOptions(usage.Options):
+    """Options of C{twistd spmgmt arbiter}."""
+
+    synopsis = "--config FILE --id ID"
+    longdesc = (
+        "Run an arbiter: it grants the active token to one healthy SP at a "
+        "time and tells the proxies where to route (PB over mutual TLS on "
+        "its [[arbiter]] address).  SPs and proxies log in to it."
+    )
+    optParameters = [
+        ["config", "c", None, "The array's configuration file (TOML), e.g. etc/spmgmt.toml."],
+        ["id", "i", None, "This arbiter's id: one of the [[arbiter]] ids in the configuration."],
+    ]
+
+    def postOptions(self) -> None:
+        for name in ("config", "id"):
+            if not self[name]:
+                raise usage.UsageError(f"--{name} is required")
+
+
 class ProxyOptions(usage.Options):
     """Options of C{twistd spmgmt proxy}."""
 
@@ -39,9 +59,8 @@ class ProxyOptions(usage.Options):
     longdesc = (
         "Run the proxy process: the client-facing HTTPS front end on [proxy] "
         "tls (and plain HTTP on [proxy] plain, if set), which sends each "
-        "request to the active SP and holds it across a failover, and the "
-        "arbiter, which grants the active token to one healthy SP at a time "
-        "(PB over mutual TLS on [proxy] arbiter).  SIGHUP reloads the "
+        "request to the active SP and holds it across a failover.  It "
+        "follows the arbiter's route; it never grants.  SIGHUP reloads the "
         "front end's certificate."
     )
     optParameters = [
@@ -58,17 +77,18 @@ class Options(usage.Options):
 
     synopsis = "COMMAND [options]"
     longdesc = (
-        "Service processor management.  COMMAND is: sp (one SP agent) or "
-        "proxy (the front proxy and the arbiter of the active token)."
+        "Service processor management.  COMMAND is: sp (one SP agent), "
+        "arbiter (grants the active token) or proxy (the front proxy)."
     )
     subCommands = [
         ["sp", None, SPOptions, "Run one service processor's agent."],
-        ["proxy", None, ProxyOptions, "Run the proxy process (front end and arbiter)."],
+        ["arbiter", None, ArbiterOptions, "Run an arbiter of the active token."],
+        ["proxy", None, ProxyOptions, "Run the front proxy."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("name a command: sp or proxy")
+            raise usage.UsageError("name a command: sp, arbiter or proxy")
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -92,6 +112,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
             config, sp = loadForSP(sub["config"], sub["id"])
             return makeSPService(reactor, config, sp)
+        if options.subCommand == "arbiter":
+            from spmgmt.arbiter.service import makeArbiterService
+            from spmgmt.config import loadForArbiter
+
+            config, arbiter = loadForArbiter(sub["config"], sub["id"])
+            return makeArbiterService(reactor, config, arbiter.id)
         if options.subCommand == "proxy":
             from spmgmt.config import loadForProxy
             from spmgmt.proxy.service import makeProxyService

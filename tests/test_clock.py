@@ -59,7 +59,7 @@ class WallClockStepTests(ArrayTestMixin, TestCase):
             "FAKETIME_DONT_FAKE_MONOTONIC": "1",
         }
         array = await self.startArray(
-            spIds=("spa", "spb"), arbiter=True, environment={"spa": environment, "proxy": environment}
+            spIds=("spa", "spb"), arbiter=True, environment={"spa": environment, "arbiter": environment}
         )
         before = await array.waitHolder("spb", "spa")
         for step in ("-1h", "+1h", "+0"):

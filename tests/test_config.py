@@ -116,9 +116,9 @@ class ParseConfigTests(ConfigTestsMixin, SynchronousTestCase):
         )
         assert config.proxy is not None
         self.assertEqual(
-            (config.proxy.tls.port, config.proxy.plain and config.proxy.plain.port, config.proxy.arbiter.port),
-            (8443, 8080, 8700),
+            (config.proxy.tls.port, config.proxy.plain and config.proxy.plain.port), (8443, 8080)
         )
+        self.assertEqual([(a.id, a.address.port) for a in config.arbiters], [("a1", 8700)])
         self.assertEqual(
             (config.proxy.failover_wait, config.proxy.read_timeout, config.proxy.max_connections),
             (10.0, 10.0, 16384),
@@ -137,10 +137,30 @@ class ParseConfigTests(ConfigTestsMixin, SynchronousTestCase):
         self.assertEqual(config.checks[0].path, str(self.pkiDir.parent / "var/{id}.maintenance"))
         self.assertEqual(config.limits.max_body, 1024 * 1024)
 
+    def test_arbiters(self) -> None:
+        """
+        [[arbiter]] entries: their ids are unique and name no SP or proxy,
+        the file coordinator takes one, a proxy needs one, and the old
+        C{[proxy] arbiter} key says where the address went.
+        """
+        arbiter = '\n[[arbiter]]\nid = "{id}"\naddress = "127.0.0.1:{port}"\ncert = "pki/spa.pem"\nkey = "pki/spa.key"\n'
+        proxy = '\n[proxy]\ntls = "127.0.0.1:9443"\ncert = "pki/spa.pem"\nkey = "pki/spa.key"\n'
+        config, _ = loadForSP(self.write(BASE + arbiter.format(id="a1", port=9700)), "spa")
+        self.assertEqual([(a.id, str(a.address)) for a in config.arbiters], [("a1", "127.0.0.1:9700")])
+        self.assertConfigError(BASE + arbiter.format(id="spb", port=9700), "arbiter[0].id", "already an SP")
+        self.assertConfigError(BASE + arbiter.format(id="proxy", port=9700), "arbiter[0].id", "already an SP")
+        two = BASE + arbiter.format(id="a1", port=9700) + arbiter.format(id="a2", port=9699)
+        self.assertConfigError(two, "arbiter", "only one [[arbiter]]")
+        self.assertConfigError(BASE + arbiter.format(id="a1", port=9702), "arbiter[0].address", "already used")
+        self.assertConfigError(BASE + proxy, "arbiter", "the proxy follows an arbiter")
+        moved = BASE + arbiter.format(id="a1", port=9700) + proxy + 'arbiter = "127.0.0.1:9700"\n'
+        self.assertConfigError(moved, "proxy.arbiter", "moved: the arbiter is a process of its own")
+
     def test_proxyUpstreamTimeoutCoversCommands(self) -> None:
         """The proxy's deadline on SP calls must outlast the slowest command."""
         proxy = (
-            '\n[proxy]\ntls = "127.0.0.1:9443"\narbiter = "127.0.0.1:9700"\n'
+            '\n[[arbiter]]\nid = "a1"\naddress = "127.0.0.1:9700"\ncert = "pki/spa.pem"\nkey = "pki/spa.key"\n'
+            '\n[proxy]\ntls = "127.0.0.1:9443"\n'
             'cert = "pki/spa.pem"\nkey = "pki/spa.key"\nupstream_timeout = 5.0\n'
         )
         self.assertConfigError(BASE + proxy, "proxy.upstream_timeout", "slowest command (status: 12 s")

@@ -26,6 +26,7 @@ from spmgmt.testing import ArrayHarness
 
 UNITS = Path(__file__).resolve().parent.parent / "etc" / "systemd"
 TWISTD = str(Path(sys.executable).parent / "twistd")
+UNIT_NAMES = ("spmgmt-sp@.service", "spmgmt-arbiter@.service", "spmgmt-proxy.service")
 
 
 def _unit(name: str) -> configparser.ConfigParser:
@@ -41,7 +42,7 @@ def _execStart(name: str, instance: str = "spa") -> list[str]:
 
 class UnitFileTests(SynchronousTestCase):
     def test_hardened(self) -> None:
-        for name in ("spmgmt-sp@.service", "spmgmt-proxy.service"):
+        for name in UNIT_NAMES:
             service = _unit(name)["Service"]
             with self.subTest(unit=name):
                 for key, value in {
@@ -58,9 +59,13 @@ class UnitFileTests(SynchronousTestCase):
 
     def test_commandLinesParse(self) -> None:
         """twistd accepts each unit's arguments and finds the spmgmt command in them."""
-        for name, command in (("spmgmt-sp@.service", "sp"), ("spmgmt-proxy.service", "proxy")):
+        for name, command in (
+            ("spmgmt-sp@.service", "sp"),
+            ("spmgmt-arbiter@.service", "arbiter"),
+            ("spmgmt-proxy.service", "proxy"),
+        ):
             options = ServerOptions()
-            options.parseOptions(_execStart(name)[1:])
+            options.parseOptions(_execStart(name, "a1" if command == "arbiter" else "spa")[1:])
             self.assertEqual((options.subCommand, options.subOptions.subCommand), ("spmgmt", command))
             self.assertIs(options["logger"], jsonLines)
             self.assertEqual(options.subOptions.subOptions["config"], "/etc/spmgmt/spmgmt.toml")
@@ -78,11 +83,16 @@ class SystemdVerifyTests(TestCase):
             raise SkipTest("systemd-analyze is not installed")
         directory = Path(tempfile.mkdtemp(prefix="spmgmt-units-"))
         self.addCleanup(shutil.rmtree, directory, True)
-        for source, target in (("spmgmt-sp@.service", "spmgmt-sp@spa.service"), ("spmgmt-proxy.service", "spmgmt-proxy.service")):
+        targets = {
+            "spmgmt-sp@.service": "spmgmt-sp@spa.service",
+            "spmgmt-arbiter@.service": "spmgmt-arbiter@a1.service",
+            "spmgmt-proxy.service": "spmgmt-proxy.service",
+        }
+        for source, target in targets.items():
             text = (UNITS / source).read_text().replace("/opt/spmgmt/bin/twistd", TWISTD)
             (directory / target).write_text(text)
         out, err, code = await getProcessOutputAndValue(
-            analyze, ["verify", "spmgmt-sp@spa.service", "spmgmt-proxy.service"],
+            analyze, ["verify", *targets.values()],
             env={"PATH": os.environ.get("PATH", "")}, path=str(directory),
         )
         self.assertEqual((code, err.decode()), (0, ""), out)

@@ -217,6 +217,7 @@ class ParticipantFixture(SynchronousTestCase):
         self.participant = Participant(
             self.clock,
             self.agent,
+            "a1",
             Address("127.0.0.1", 9),  # never dialled: the service is not started
             config.ca,
             sp.cert,
@@ -497,8 +498,9 @@ class HistoryAcrossFaultsTests(ArrayTestMixin, TestCase):
     With a history of 8 events (the arbiter compacts every 8), one client
     stream through the proxy gets every id exactly once, in order, across
     an SP's SIGKILL, its restart and catch-up, a resume on it by
-    switchover, and an arbiter restart resumed by C{Last-Event-ID}; the
-    arbiter's file and every SP's copy hold their last ids with no hole.
+    switchover, an arbiter restart (the stream stays open) and a proxy
+    restart resumed by C{Last-Event-ID}; the arbiter's file and every SP's
+    copy hold their last ids with no hole.
     """
 
     timeout = 180
@@ -536,21 +538,29 @@ class HistoryAcrossFaultsTests(ArrayTestMixin, TestCase):
         beforeRestart = await lastRecorded()
         await streamedUpTo(beforeRestart)
 
-        await array.restart("proxy")  # the arbiter restarts from its file
-        await streams[0].ended
         holder: list[str] = []
 
         async def active() -> bool:
+            holder.clear()
             answer = await array.request("proxy", "GET", "/api/v1/array")
             if answer.code == 200 and answer.json()["state"] == "active":
                 holder[:] = [answer.json()["token"]["holder"]]
             return bool(holder)
 
+        await array.restart("arbiter")  # it starts again from its file; the stream stays open
         await array.waitFor(active, 15.0, "an SP to hold the token again", "proxy")
-        streams.append(await openStream(array, "proxy", lastEventId=streams[0].ids()[-1]))
         await burst(holder[0], 12)
+        afterArbiter = await lastRecorded()
+        self.assertGreater(afterArbiter, beforeRestart + 12)
+        await streamedUpTo(afterArbiter)
+        self.assertFalse(streams[0].ended.called)
+
+        await array.restart("proxy")  # the client's stream ends; it resumes with Last-Event-ID
+        await streams[0].ended
+        await array.waitFor(active, 15.0, "the proxy to route again", "proxy")
+        streams.append(await openStream(array, "proxy", lastEventId=streams[0].ids()[-1]))
+        await burst(holder[0], 6)
         final = await lastRecorded()
-        self.assertGreater(final, beforeRestart + 12)
         await streamedUpTo(final)
         await streams[-1].close()
 

@@ -194,14 +194,14 @@ class ArbiterRestartTests(ArrayTestMixin, TestCase):
         """
         array = await startedArray(self)
         before = await array.waitHolder("spb", "spa")
-        await array.kill("proxy")
+        await array.kill("arbiter")
 
         async def arbiterGone() -> bool:
             return (await array.array("spb"))["arbiter"]["reachable"] is False
 
         await array.waitFor(arbiterGone, 10.0, "spb to miss the arbiter", "spb")
-        array.startProcess("proxy")
-        await array.waitReady("proxy")
+        array.startProcess("arbiter")
+        await array.waitReady("arbiter")
         after = await array.waitHolder("spb", "spa")
         self.assertGreaterEqual(after["epoch"], before["epoch"])
         epochs = {before["epoch"], after["epoch"]}

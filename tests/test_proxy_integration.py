@@ -338,6 +338,61 @@ class HoldTests(ArrayTestMixin, TestCase):
         self.assertEqual(answer.header("X-SPMgmt-Served-By"), "spb")
 
 
+class SeparateProcessesTests(ArrayTestMixin, TestCase):
+    """
+    The arbiter and the proxy are processes of their own: the proxy only
+    follows, so its loss moves no token, and while the arbiter is away the
+    proxy holds requests on the client's connection until it is back.
+    """
+
+    timeout = 120
+
+    async def test_proxyLossMovesNoToken(self) -> None:
+        """SIGKILL the proxy: the token stays; a new proxy routes to the same holder and epoch."""
+        array = await self.startArray(arbiter=True)
+        before = await array.waitHolder("proxy", "spa")
+        await array.kill("proxy")
+        await _sleep(1.0)  # three miss windows
+        self.assertEqual((await array.array("spb"))["token"], before)
+        array.startProcess("proxy")
+        await array.waitReady("proxy")
+        self.assertEqual(await array.waitHolder("proxy", "spa"), before)
+        events = (await array.request("spa", "GET", "/api/v1/events")).json()["events"]
+        moves = [(e["kind"], e["epoch"]) for e in events if e["kind"] in ("grant", "revoke")]
+        self.assertEqual(moves, [("grant", before["epoch"])])
+
+    async def test_arbiterAwayRequestsHeld(self) -> None:
+        """
+        SIGKILL the arbiter under a client's back-to-back GETs on one TLS
+        connection: the GETs wait while no arbiter says who is active, and
+        once it is back (after 1 s) the same holder serves them, on the
+        same connection, with no error.
+        """
+        array = await self.startArray(arbiter=True)
+        before = await array.waitHolder("proxy", "spa")
+        client = KeepAliveClient(array)
+        client.start()
+        self.addCleanup(client._stop.set)
+        await array.waitFor(lambda: _true(client.countOf("spa") >= 20), 10.0, "requests served by spa")
+        await array.kill("arbiter")
+
+        async def unrouted() -> bool:
+            return (await array.request("proxy", "GET", "/healthz", user=None)).json()["state"] == "unavailable"
+
+        await array.waitFor(unrouted, 10.0, "the proxy to stop routing")
+        served = client.countOf("spa")
+        await _sleep(1.0)
+        self.assertLessEqual(client.countOf("spa"), served + 1)  # held, not served by a stepped-down SP
+        array.startProcess("arbiter")
+        await array.waitReady("arbiter")
+        after = await array.waitHolder("proxy", "spa")
+        await array.waitFor(lambda: _true(client.countOf("spa") >= served + 20), 10.0, "requests served again")
+        await client.stop()
+        self.assertEqual((client.errors, client.reconnects), ([], 0))
+        self.assertEqual(after, before)  # the last holder is back: same epoch
+        self.assertGreater(client.maxGap, 1.0)
+
+
 class ProxyOwnRoutesTests(ArrayTestMixin, TestCase):
     timeout = 120
 

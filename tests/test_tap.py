@@ -104,11 +104,17 @@ class OptionsTests(SynchronousTestCase):
         """Without a sub-command, parsing fails naming the commands."""
         with self.assertRaises(usage.UsageError) as e:
             parse()
-        self.assertEqual(str(e.exception), "name a command: sp or proxy")
+        self.assertEqual(str(e.exception), "name a command: sp, arbiter or proxy")
 
     def test_unknownCommand(self) -> None:
         """An unknown sub-command is refused."""
-        self.assertRaises(usage.UsageError, parse, "arbiter", "--config", "x.toml")
+        self.assertRaises(usage.UsageError, parse, "grant", "--config", "x.toml")
+
+    def test_arbiter(self) -> None:
+        """C{arbiter --config X --id A} selects the arbiter command; both options are required."""
+        options = parse("arbiter", "--config", "etc/x.toml", "--id", "a1")
+        self.assertEqual((options.subCommand, options.subOptions["id"]), ("arbiter", "a1"))
+        self.assertRaises(usage.UsageError, parse, "arbiter", "--config", "etc/x.toml")
 
     def test_proxy(self) -> None:
         """C{proxy --config X} selects the proxy command; --config is required."""
@@ -225,7 +231,8 @@ class MakeServiceTests(SynchronousTestCase):
     def test_proxyListeners(self) -> None:
         """
         The proxy listens for clients on TLS and plain TCP (each under a
-        connection cap, around its site) and for SPs on the arbiter port.
+        connection cap, around its site), and on nothing else: it dials
+        the arbiter.
         """
         from spmgmt.proxy.frontend import ProxySite
 
@@ -239,11 +246,25 @@ class MakeServiceTests(SynchronousTestCase):
         service.startService()
         self.addCleanup(service.stopService)
         factories = {port: factory for port, factory, _, _ in reactor.tcpServers}
-        self.assertEqual(set(factories), {proxy.tls.port, proxy.plain.port, proxy.arbiter.port})
+        self.assertEqual(set(factories), {proxy.tls.port, proxy.plain.port})
+        arbiter = harness.config.arbiter("arbiter").address
+        self.assertIn((arbiter.host, arbiter.port), [(host, port) for host, port, *_ in reactor.tcpClients])
         tls, plain = factories[proxy.tls.port], factories[proxy.plain.port]
         self.assertEqual((tls.limit, plain.limit), (proxy.max_connections, proxy.max_connections))
         self.assertIsInstance(tls.wrappedFactory.wrappedFactory, ProxySite)
         self.assertIs(plain.wrappedFactory, tls.wrappedFactory.wrappedFactory)
+
+    def test_arbiterListener(self) -> None:
+        """The arbiter listens on its [[arbiter]] address, and on nothing else."""
+        directory = tempfile.mkdtemp(prefix="spmgmt-test-tap-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        harness = ArrayHarness(MemoryReactorClock(), directory, arbiter=True)
+        reactor = MemoryReactorClock()
+        service = makeService(parse("arbiter", "--config", str(harness.configPath), "--id", "arbiter"), reactor=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        address = harness.config.arbiter("arbiter").address
+        self.assertEqual([(interface, port) for port, _, _, interface in reactor.tcpServers], [(address.host, address.port)])
 
 
 class PluginTests(SynchronousTestCase):

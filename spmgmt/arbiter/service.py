@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_arbiter -*-
 """
-The arbiter's I/O shell around L{spmgmt.token}: a PB server SPs log in to
-(mutual TLS and cred, as on the peer channel), heartbeats in, grants and
-revocations out through each SP's mind, the epoch persisted before any
-grant leaves, and a tick on the heartbeat interval.
+The arbiter's I/O shell around L{spmgmt.token} (C{twistd spmgmt arbiter}):
+a PB server SPs and proxies log in to (mutual TLS and cred, as on the peer
+channel; L{spmgmt.arbiter.control}), heartbeats in, grants and revocations
+out through each SP's mind, the route out to each proxy's, the epoch
+persisted before any grant leaves, and a tick on the heartbeat interval.
 
 Decisions compare a monotonic clock; only the scheduling of the tick uses
 the reactor.
@@ -16,28 +17,23 @@ from typing import Any, Callable
 
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
-from twisted.cred.portal import IRealm, Portal
+from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.spread import pb
 from twisted.spread.pb import DeadReferenceError
-from zope.interface import implementer
 
 from spmgmt import token
+from spmgmt.arbiter.control import PROXY, ArbiterRealm
 from spmgmt.arbiter.epochstore import EpochStore, EpochStoreError
 from spmgmt.config import ArrayConfig, ConfigError, readPeerSecret
-from spmgmt.events import HISTORY, PAGE, EventHistoryError, EventLog
-from spmgmt.pb.wire import error, ok
-from spmgmt.pb.server import PeerSecretChecker, PeerServerFactory, boundName
+from spmgmt.events import HISTORY, EventHistoryError, EventLog
+from spmgmt.pb.server import PeerSecretChecker, PeerServerFactory
 from spmgmt.tls import serverOptions, tlsServerFactory
 
 _log = Logger()
 
 #: The holder is judged this long after its miss window ends.
 HOLDER_DEADLINE_SLACK = 0.002
-
-#: Epochs stay below this: they must fit the 18 digits a stamp may carry.
-MAX_EPOCH = 10**18
 
 
 def policyFor(config: ArrayConfig) -> token.Policy:
@@ -83,6 +79,7 @@ class Arbiter(Service):
         self.events.listen(self._push)
         self.lastMove: dict[str, Any] | None = None
         self._routeListeners: list[Callable[[tuple[int, str] | None], None]] = []
+        self._followers: dict[str, Any] = {}
         self._announced: tuple[int, str] | None = None
         epoch, lastHolder = store.loadState()
         self.state = token.initial(epoch, monotonic(), lastHolder)
@@ -159,6 +156,17 @@ class Arbiter(Service):
                 listener(route)
             except Exception:
                 _log.failure("route listener failed")
+        for name, mind in list(self._followers.items()):
+            self._sendRoute(name, mind, route)
+
+    def _sendRoute(self, name: str, mind: Any, route: tuple[int, str] | None) -> None:
+        epoch, holder = route if route is not None else (None, None)
+        try:
+            d = mind.callRemote("route", epoch, holder)
+        except DeadReferenceError:
+            return  # it is detached in a moment; it hears the route when it logs in again
+        d.addTimeout(self.policy.ackTimeout, self._reactor)
+        d.addErrback(lambda reason: _log.info("route to {name} not acknowledged: {why}", name=name, why=reason.getErrorMessage()))
 
     def _carryOut(self, effects: list[token.Effect]) -> None:
         for effect in effects:
@@ -276,6 +284,23 @@ class Arbiter(Service):
 
         return detach
 
+    def follow(self, name: str, mind: Any) -> Callable[[], None]:
+        """
+        A proxy logged in: it hears the route now and at every change; the
+        logout callable forgets it.
+        """
+        old = self._followers.get(name)
+        self._followers[name] = mind
+        if old is not None and old is not mind:
+            old.broker.transport.abortConnection()
+        self._sendRoute(name, mind, self.route())
+
+        def unfollow() -> None:
+            if self._followers.get(name) is mind:
+                del self._followers[name]
+
+        return unfollow
+
     def heartbeat(
         self,
         sp: str,
@@ -324,82 +349,12 @@ class Arbiter(Service):
         return d.addBoth(forget)
 
 
-class ControlAvatar(pb.Avatar):
-    """One SP's control session with the arbiter."""
-
-    def __init__(self, arbiter: Arbiter, sp: str) -> None:
-        self._arbiter = arbiter
-        self.sp = sp
-        self._first = True
-
-    def perspective_heartbeat(
-        self, healthy: object, holds: object, claim: object = None, newest: object = None
-    ) -> dict[str, Any]:
-        if not isinstance(healthy, bool):
-            return error("bad_request", "healthy must be a boolean")
-        for name, value in (("holds", holds), ("claim", claim), ("newest", newest)):
-            if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_EPOCH
-            ):
-                return error("bad_request", f"{name} must be an epoch or None")
-        first, self._first = self._first, False
-        return ok(
-            self._arbiter.heartbeat(self.sp, healthy, holds, claim, first, newest)  # type: ignore[arg-type]
-        )
-
-    def perspective_events(self, since: object) -> dict[str, Any]:
-        if not isinstance(since, int) or isinstance(since, bool):
-            return error("bad_request", "since must be an event id")
-        return ok(self._arbiter.events.since(since, limit=PAGE))
-
-    def perspective_report(self, kind: object, data: object) -> dict[str, Any]:
-        if kind != "command" or not isinstance(data, dict):
-            return error("bad_request", "only command runs are reported")
-        allowed = ("command", "rc", "timed_out", "duration_s", "user", "via")
-        self._arbiter.report(self.sp, "command", {k: data[k] for k in allowed if k in data})
-        return ok(None)
-
-    def perspective_switchover(self, to: object) -> Any:
-        if to is not None and not isinstance(to, str):
-            return error("bad_request", "to must be an SP id or None")
-        holder = self._arbiter.state.holder
-        if holder != self.sp:
-            return error("requires_active", f"only the active SP asks for a switchover ({holder} is)")
-        try:
-            d = self._arbiter.switchover(to)
-        except token.SwitchoverRefused as e:
-            return error("switchover_refused", str(e))
-
-        def done(epoch: int) -> dict[str, Any]:
-            return ok(self._arbiter.view())
-
-        def failed(reason: Any) -> dict[str, Any]:
-            return error("switchover_unconfirmed", "the new holder did not acknowledge in time")
-
-        return d.addCallbacks(done, failed)
-
-
-@implementer(IRealm)
-class ArbiterRealm:
-    """SPs, bound to their certificates, get a control avatar."""
-
-    def __init__(self, arbiter: Arbiter) -> None:
-        self._arbiter = arbiter
-
-    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:
-        if pb.IPerspective not in interfaces:
-            raise NotImplementedError("only PB perspectives")
-        sp = boundName(avatarId, mind)
-        detach = self._arbiter.attach(sp, mind)
-        return pb.IPerspective, ControlAvatar(self._arbiter, sp), detach
-
-
-def makeArbiterService(reactor: Any, config: ArrayConfig) -> MultiService:
+def makeArbiterService(reactor: Any, config: ArrayConfig, arbiterId: str) -> MultiService:
     """
-    The arbiter and its PB listener on C{[proxy] arbiter}: client
-    certificates from the array CA required, TLS 1.3 only.
+    The arbiter C{arbiterId} and its PB listener: SPs and proxies log in
+    with client certificates from the array CA, TLS 1.3 only.
     """
-    assert config.proxy is not None
+    settings = config.arbiter(arbiterId)
     top = MultiService()
     store = EpochStore(config.token.state_file)
     try:
@@ -407,13 +362,11 @@ def makeArbiterService(reactor: Any, config: ArrayConfig) -> MultiService:
     except (EpochStoreError, EventHistoryError) as e:
         raise ConfigError(config.path, "token.state_file", str(e)) from None
     arbiter.setServiceParent(top)
-    names = {sp.id for sp in config.sps}
-    portal = Portal(ArbiterRealm(arbiter), [PeerSecretChecker(names, readPeerSecret(config))])
+    sps = {sp.id for sp in config.sps}
+    portal = Portal(ArbiterRealm(arbiter, sps), [PeerSecretChecker(sps | {PROXY}, readPeerSecret(config))])
     factory = PeerServerFactory(portal, idleTimeout=max(5.0, 20 * config.token.missWindow), clock=reactor)
-    context = serverOptions(
-        config.proxy.cert, config.proxy.key, config.ca, requireClientCertificate=True, tls13Only=True
-    )
-    address = config.proxy.arbiter
+    context = serverOptions(settings.cert, settings.key, config.ca, requireClientCertificate=True, tls13Only=True)
+    address = settings.address
     strports.service(
         f"tcp:{address.port}:interface={address.host}",
         tlsServerFactory(factory, context, reactor),

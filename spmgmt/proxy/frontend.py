@@ -45,7 +45,7 @@ class Proxy:
     """
     What the proxy knows and does, shared by its listeners.
 
-    @ivar arbiter: the arbiter in this process (its view is part of ours).
+    @ivar arbiter: the link to the arbiter (its view is part of ours).
     @ivar reachable: per SP, whether its web port answered the last probe.
     """
 

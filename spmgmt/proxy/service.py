@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_proxy_integration -*-
 """
-The proxy process's service tree (C{twistd spmgmt proxy}): the arbiter,
-the router that follows it, the backends, the client listeners (TLS, and
+The proxy process's service tree (C{twistd spmgmt proxy}): the link to
+the arbiter and the router that follows it, the backends, the client listeners (TLS, and
 plain TCP if configured), a probe of each SP's web port, and the
 certificate reload on SIGHUP.
 """
@@ -21,12 +21,12 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from spmgmt.arbiter.service import makeArbiterService
 from spmgmt.auth import authThreadPool, portalFromConfig
 from spmgmt.config import ArrayConfig, ConfigError, checkKeyPair
 from spmgmt.httpserver import ConnectionCap
 from spmgmt.metrics import ProxyMetrics
 from spmgmt.proxy.backend import Backends
+from spmgmt.proxy.follower import ArbiterFollower
 from spmgmt.proxy.frontend import Proxy, ProxySite
 from spmgmt.proxy.router import Router
 from spmgmt.tls import TLSConfigurationError, serverOptions, tlsServerFactory
@@ -157,11 +157,11 @@ def makeProxyService(reactor: Any, config: ArrayConfig) -> MultiService:
     """
     settings = config.proxy
     assert settings is not None
-    top = makeArbiterService(reactor, config)
-    arbiter = top.arbiter  # type: ignore[attr-defined]
+    top = MultiService()
     metrics = ProxyMetrics()
     router = Router(reactor, time.monotonic, onGap=metrics.failoverGap.observe)
-    arbiter.onRoute(router.update)
+    arbiter = ArbiterFollower(reactor, config, router)
+    arbiter.setServiceParent(top)
     backends = Backends(reactor, config, router, timeout=settings.upstream_timeout)
     portal = portalFromConfig(reactor, config, authThreadPool(reactor))
     proxy = Proxy(reactor, config, router, backends, metrics, portal, arbiter)

@@ -57,6 +57,7 @@ class Participant(PBSession):
         self,
         reactor: Any,
         agent: SPAgent,
+        arbiterId: str,
         arbiter: Address,
         ca: Any,
         cert: Any,
@@ -71,7 +72,7 @@ class Participant(PBSession):
         super().__init__(
             reactor,
             agent.sp.id,
-            "proxy",
+            arbiterId,
             arbiter,
             ca,
             cert,

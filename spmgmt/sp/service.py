@@ -79,11 +79,13 @@ def makeSPService(reactor: Any, config: ArrayConfig, sp: SPConfig) -> MultiServi
     for client in peers.values():
         client.setServiceParent(top)
     participant = None
-    if config.proxy is not None:
+    if config.arbiters:
+        arbiter = config.arbiters[0]
         participant = Participant(
             reactor,
             agent,
-            sp.arbiter or config.proxy.arbiter,
+            arbiter.id,
+            sp.arbiter or arbiter.address,
             config.ca,
             sp.cert,
             sp.key,

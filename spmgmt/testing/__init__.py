@@ -190,7 +190,7 @@ class ArrayHarness:
     @ivar controlRelay: SP ids whose control link to the arbiter goes
         through a fault-injecting L{Relay} (needs C{arbiter=True}): their
         C{[[sp]] arbiter} is the relay's port, the relay dials
-        C{[proxy] arbiter}.  L{start} starts the relays before any process
+        the arbiter's address.  L{start} starts the relays before any process
         and L{stopAll} stops them.
     @ivar relays: those relays, by SP id.
     """
@@ -229,12 +229,13 @@ class ArrayHarness:
             user: (var / "secrets" / f"{user}.password").read_text().strip()
             for user in ("admin", "monitor")
         }
-        ensurePKI(var / "pki", list(self.spIds) + ["proxy"])
+        ensurePKI(var / "pki", list(self.spIds) + ["arbiter", "proxy"])
         self.configPath = self.directory / "etc" / "spmgmt.toml"
         self.configPath.write_text(self._configText())
         self.config = parseConfig(self.configPath)
-        if self.config.proxy is not None:
-            target = (self.config.proxy.arbiter.host, self.config.proxy.arbiter.port)
+        if self.config.arbiters:
+            address = self.config.arbiter("arbiter").address
+            target = (address.host, address.port)
             for spId in self.controlRelay:
                 self.relays[spId] = Relay(self.reactor, target, name=f"{spId} control link")
         self._pool = HTTPConnectionPool(self.reactor, persistent=True)
@@ -244,11 +245,11 @@ class ArrayHarness:
     @property
     def names(self) -> list[str]:
         """
-        Every process of the array, the proxy (if any) last: SPs that are
-        already up all join within the arbiter's startup grace, so the
-        token goes by preference even on a loaded machine.
+        Every process of the array, the arbiter and the proxy (if any)
+        last: SPs that are already up all join within the arbiter's startup
+        grace, so the token goes by preference even on a loaded machine.
         """
-        return list(self.spIds) + (["proxy"] if self.arbiter else [])
+        return list(self.spIds) + (["arbiter", "proxy"] if self.arbiter else [])
 
     def _configText(self) -> str:
         ports = iter(freePorts(2 * len(self.spIds) + 3 + len(self.controlRelay)))
@@ -295,10 +296,15 @@ class ArrayHarness:
         if self.arbiter:
             proxy = textwrap.dedent(
                 f"""
+                [[arbiter]]
+                id = "arbiter"
+                address = "127.0.0.1:{next(ports)}"
+                cert = "var/pki/arbiter.pem"
+                key = "var/pki/arbiter.key"
+
                 [proxy]
                 tls = "127.0.0.1:{next(ports)}"
                 plain = "127.0.0.1:{next(ports)}"
-                arbiter = "127.0.0.1:{next(ports)}"
                 cert = "var/pki/proxy.pem"
                 key = "var/pki/proxy.key"
                 """
@@ -314,7 +320,7 @@ class ArrayHarness:
     def startProcess(self, name: str) -> None:
         """Start C{name} (an SP id or C{proxy}); see L{waitReady}."""
         var = self.directory / "var"
-        argv = twistdArgv(sys.executable, self.configPath, name, var)
+        argv = twistdArgv(sys.executable, self.configPath, name, var, [a.id for a in self.config.arbiters])
         wrapped = [sys.executable, "-c", _PDEATHSIG_EXEC, str(os.getpid()), *argv]
         proto = _Process(var / "log" / f"{name}.out")
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "HOME", "PYTHONPATH")}
@@ -359,23 +365,21 @@ class ArrayHarness:
 
     async def waitReady(self, name: str, timeout: float = 30.0) -> None:
         """
-        Poll until C{name} is ready (an SP answers C{/healthz}; the proxy
-        too, and accepts connections on its arbiter port); fail if the
-        process ends.
+        Poll until C{name} is ready (an SP or the proxy answers
+        C{/healthz}, the arbiter accepts connections); fail if the process
+        ends.
         """
-        if name == "proxy":
+        if name == "arbiter":
             from twisted.internet.threads import deferToThread
 
             from spmgmt.launcher import portOpen
 
-            assert self.config.proxy is not None
-            address = self.config.proxy.arbiter
+            address = self.config.arbiter(name).address
 
             async def listening() -> bool:
                 return bool(await deferToThread(portOpen, address.host, address.port))
 
-            await self.waitFor(listening, timeout, "the proxy to listen", name)
-            await self.waitFor(lambda: self._healthzOK(name), timeout, "the proxy to answer /healthz", name)
+            await self.waitFor(listening, timeout, "the arbiter to listen", name)
             return
         await self.waitFor(lambda: self._healthzOK(name), timeout, f"{name} to answer /healthz", name)
 

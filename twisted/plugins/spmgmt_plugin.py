@@ -8,6 +8,6 @@ from twisted.application.service import ServiceMaker
 spmgmt = ServiceMaker(
     "spmgmt",
     "spmgmt.tap",
-    "spmgmt: service processor management (sub-commands: sp, proxy).",
+    "spmgmt: service processor management (sub-commands: sp, arbiter, proxy).",
     "spmgmt",
 )
