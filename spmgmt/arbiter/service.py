@@ -84,12 +84,11 @@ class Arbiter(Service):
         epoch, lastHolder = store.loadState()
         self.state = token.initial(epoch, monotonic(), lastHolder)
         if self.events.unreadable:
-            self._record(
-                "alarm",
-                {"why": f"{self.events.unreadable} lines of the event history could not be read and were left out"},
-            )
+            why = f"{self.events.unreadable} lines of the event history could not be read and were left out"
+            self._record("alarm", {"why": why})
         if epoch and not self.events.lastId:
-            self._record("alarm", {"why": f"the event history is empty though epoch {epoch} was issued: it was lost"})
+            why = f"the event history is empty though epoch {epoch} was issued: it was lost"
+            self._record("alarm", {"why": why})
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -166,7 +165,9 @@ class Arbiter(Service):
         except DeadReferenceError:
             return  # it is detached in a moment; it hears the route when it logs in again
         d.addTimeout(self.policy.ackTimeout, self._reactor)
-        d.addErrback(lambda reason: _log.info("route to {name} not acknowledged: {why}", name=name, why=reason.getErrorMessage()))
+        d.addErrback(
+            lambda reason: _log.info("route to {name} not acknowledged: {why}", name=name, why=reason.getErrorMessage())
+        )
 
     def _carryOut(self, effects: list[token.Effect]) -> None:
         for effect in effects:
