@@ -259,11 +259,7 @@ class ArrayConfig:
 
         @raise ConfigError: no such arbiter.
         """
-        for arbiter in self.arbiters:
-            if arbiter.id == arbiterId:
-                return arbiter
-        known = ", ".join(a.id for a in self.arbiters) or "none"
-        raise ConfigError(self.path, "arbiter.id", f"no arbiter {arbiterId!r} (known: {known})")
+        return _byId(self, self.arbiters, arbiterId, "arbiter", "arbiter.id")
 
     def sp(self, spId: str) -> SPConfig:
         """
@@ -271,15 +267,20 @@ class ArrayConfig:
 
         @raise ConfigError: no such SP.
         """
-        for sp in self.sps:
-            if sp.id == spId:
-                return sp
-        known = ", ".join(sp.id for sp in self.sps)
-        raise ConfigError(self.path, "sp.id", f"no SP {spId!r} (known: {known})")
+        return _byId(self, self.sps, spId, "SP", "sp.id")
 
     def stateDirFor(self, spId: str) -> Path:
         """Where the SP C{spId} keeps its state."""
         return self.state_dir / spId
+
+
+def _byId(config: ArrayConfig, entries: tuple[Any, ...], wanted: str, noun: str, key: str) -> Any:
+    """The entry whose C{id} is C{wanted}, or a one-line error naming the known ones."""
+    for entry in entries:
+        if entry.id == wanted:
+            return entry
+    known = ", ".join(entry.id for entry in entries) or "none"
+    raise ConfigError(config.path, key, f"no {noun} {wanted!r} (known: {known})")
 
 
 class _Table:

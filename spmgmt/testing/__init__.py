@@ -19,7 +19,7 @@ import socket
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, DeferredList
@@ -123,6 +123,21 @@ def freePorts(count: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+async def endProcesses(procs: Iterable[_Process]) -> None:
+    """SIGCONT (for stopped ones), then SIGKILL, every process still running; wait for each to end."""
+    waiting = []
+    for proto in procs:
+        if proto.ended.called or proto.pid is None:
+            continue
+        for signum in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.kill(proto.pid, signum)
+            except ProcessLookupError:
+                pass
+        waiting.append(proto.ended)
+    await DeferredList(waiting)
 
 
 @implementer(IPolicyForHTTPS)
@@ -446,17 +461,7 @@ class ArrayHarness:
 
     async def stopAll(self) -> None:
         """End every process (SIGCONT first, for stopped ones), the relays and the pool."""
-        waiting = []
-        for spId, proto in self._procs.items():
-            if proto.ended.called:
-                continue
-            for signum in (signal.SIGCONT, signal.SIGKILL):
-                try:
-                    self.signal(spId, signum)
-                except ProcessLookupError:
-                    pass
-            waiting.append(proto.ended)
-        await DeferredList(waiting)
+        await endProcesses(self._procs.values())
         await DeferredList([relay.stop() for relay in self.relays.values()])
         await self._pool.closeCachedConnections()
 

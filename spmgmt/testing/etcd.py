@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from attrs import define, field
-from twisted.internet.defer import DeferredList
 from twisted.internet.task import deferLater
 
 from spmgmt.etcd import EtcdClient, EtcdError, EtcdUnavailable
-from spmgmt.testing import _PDEATHSIG_EXEC, _Process, freePorts
+from spmgmt.testing import _PDEATHSIG_EXEC, _Process, endProcesses, freePorts
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
@@ -128,17 +127,7 @@ class EtcdCluster:
 
     async def stop(self) -> None:
         """End every member (SIGCONT first, for stopped ones)."""
-        waiting = []
-        for name, proto in self._procs.items():
-            if proto.ended.called:
-                continue
-            for signum in (signal.SIGCONT, signal.SIGKILL):
-                try:
-                    self.signal(name, signum)
-                except ProcessLookupError:
-                    pass
-            waiting.append(proto.ended)
-        await DeferredList(waiting)
+        await endProcesses(self._procs.values())
 
 
 async def startEtcd(testCase: Any, size: int = 1) -> EtcdCluster:
