@@ -179,7 +179,7 @@ class ArbiterShellTests(SynchronousTestCase):
         history = harness.config.token.state_file.parent / "events.jsonl"
         history.parent.mkdir(parents=True)
         history.write_bytes(b"\xff\n")
-        error = self.assertRaises(ConfigError, makeArbiterService, MemoryReactorClock(), harness.config)
+        error = self.assertRaises(ConfigError, makeArbiterService, MemoryReactorClock(), harness.config, "arbiter")
         self.assertIn("token.state_file", str(error))
         self.assertIn(f"cannot read the event history {history}", str(error))
         self.assertEqual(len(str(error).splitlines()), 1)

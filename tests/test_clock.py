@@ -67,8 +67,18 @@ class WallClockStepTests(ArrayTestMixin, TestCase):
             await deferLater(reactor, 1.5, lambda: None)
             view = await array.array("spb")
             self.assertEqual((step, view["state"], view["token"]), (step, "active", before))
-            response = await array.request(
-                "spa", "GET", "/api/v1/sps/spa/health", headers={"X-SPMgmt-Epoch": str(before["epoch"])}
-            )
-            self.assertEqual((step, response.code), (step, 200))
+
+            async def serves() -> bool:
+                # A faked process reads the offset file at every clock call:
+                # on a loaded machine spa's lease may lapse for a moment and
+                # be renewed with the same epoch.  A moved token never serves.
+                response = await array.request(
+                    "spa", "GET", "/api/v1/sps/spa/health", headers={"X-SPMgmt-Epoch": str(before["epoch"])}
+                )
+                return response.code == 200
+
+            await array.waitFor(serves, 5.0, f"spa to serve epoch {before['epoch']} after {step}", "spa")
+        events = (await array.request("spb", "GET", "/api/v1/events")).json()["events"]
+        moves = {(e["kind"], e.get("epoch")) for e in events if e["kind"] in ("grant", "revoke")}
+        self.assertEqual(moves, {("grant", before["epoch"])})  # no revoke, no other epoch
         self.assertTrue(os.path.exists(offsets))
