@@ -24,8 +24,9 @@ connection.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -34,8 +35,10 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from OpenSSL.crypto import X509, PKey
 from twisted.internet.error import VerifyError
+from twisted.application.service import Service
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
     IProtocolFactory,
     IReactorTime,
 )
@@ -48,12 +51,16 @@ from twisted.internet.ssl import (
     optionsForClientTLS,
     trustRootFromCertificates,
 )
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 if TYPE_CHECKING:
     from twisted.internet._sslverify import IOpenSSLTrustRoot
 
 PathLike = str | Path
+
+_log = Logger()
 
 
 class TLSConfigurationError(Exception):
@@ -284,7 +291,7 @@ def certificateIdentity(certificate: x509.Certificate) -> str | None:
 
 def tlsServerFactory(
     factory: IProtocolFactory,
-    contextFactory: CertificateOptions,
+    contextFactory: Any,
     reactor: IReactorTime | None = None,
 ) -> TLSMemoryBIOFactory:
     """
@@ -298,3 +305,81 @@ def tlsServerFactory(
         reactor (looked up now, not at import) if not given.
     """
     return TLSMemoryBIOFactory(contextFactory, False, factory, clock=reactor)
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableServerTLS:
+    """
+    Server TLS settings that L{reload} replaces (SIGHUP): new connections
+    get the new certificate, established ones keep theirs.
+
+    @param load: makes the settings (L{serverOptions} with this listener's
+        files); called now, and again by each L{reload}.
+    @param what: names the listener in the log.
+    """
+
+    def __init__(self, load: Callable[[], CertificateOptions], what: str) -> None:
+        self._load = load
+        self.what = what
+        self.options = load()
+
+    def reload(self) -> bool:
+        """Load the files again; keep the old settings (and say why) if they fail."""
+        try:
+            self.options = self._load()
+        except TLSConfigurationError as e:
+            _log.error(
+                "{what}: TLS reload failed, keeping the old certificate: {why}", what=self.what, why=str(e)
+            )
+            return False
+        _log.info("{what}: reloaded its TLS certificate", what=self.what)
+        return True
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return SSL.Connection(self.options.getContext(), None)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class ReloadableClientTLS:
+    """
+    Client TLS settings (the trusted CA, the expected name, our own
+    certificate) that L{reload} replaces: the next connection presents the
+    new certificate.
+    """
+
+    def __init__(self, load: Callable[[], IOpenSSLClientConnectionCreator], what: str) -> None:
+        self._load = load
+        self.what = what
+        self.options = load()
+
+    reload = ReloadableServerTLS.reload
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return self.options.clientConnectionForTLS(tlsProtocol)
+
+
+class ReloadOnHangup(Service):
+    """
+    SIGHUP reloads every TLS identity of this process (in the reactor
+    thread): listeners and the client sides of its links alike.
+    """
+
+    def __init__(self, reactor: Any, reloadables: Sequence[Any]) -> None:
+        self._reactor = reactor
+        self.reloadables = list(reloadables)
+        self._previous: Any = None
+
+    def reloadAll(self) -> None:
+        for reloadable in self.reloadables:
+            reloadable.reload()
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous = signal.signal(
+            signal.SIGHUP, lambda signum, frame: self._reactor.callFromThread(self.reloadAll)
+        )
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)

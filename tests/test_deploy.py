@@ -71,8 +71,10 @@ class UnitFileTests(SynchronousTestCase):
             self.assertEqual(options.subOptions.subOptions["config"], "/etc/spmgmt/spmgmt.toml")
         self.assertEqual(options.subOptions.subOptions.parent, options.subOptions)
 
-    def test_proxyReloadsOnHangup(self) -> None:
-        self.assertEqual(_unit("spmgmt-proxy.service")["Service"]["ExecReload"], "/bin/kill -HUP $MAINPID")
+    def test_reloadIsHangup(self) -> None:
+        """C{systemctl reload} sends SIGHUP: every process reloads its TLS identities on it."""
+        for name in UNIT_NAMES:
+            self.assertEqual(_unit(name)["Service"]["ExecReload"], "/bin/kill -HUP $MAINPID", name)
 
 
 class SystemdVerifyTests(TestCase):

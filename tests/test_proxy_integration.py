@@ -510,7 +510,7 @@ class ProxyProcessTests(ArrayTestMixin, TestCase):
         (pki / "proxy.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\ngarbage\n")
         array.signal("proxy", signal.SIGHUP)
         await array.waitFor(
-            lambda: _true("certificate reload failed" in array.logTail("proxy")), 10.0, "the reload error", "proxy"
+            lambda: _true("front end: TLS reload failed" in array.logTail("proxy")), 10.0, "the reload error", "proxy"
         )
         self.assertEqual(await deferToThread(serial), cert.serial_number)
         self.assertEqual(await deferToThread(get), 200)

@@ -28,7 +28,7 @@ from spmgmt.arbiter.epochstore import EpochStore, EpochStoreError
 from spmgmt.config import ArrayConfig, ConfigError, readPeerSecret
 from spmgmt.events import HISTORY, EventHistoryError, EventLog
 from spmgmt.pb.server import PeerSecretChecker, PeerServerFactory
-from spmgmt.tls import serverOptions, tlsServerFactory
+from spmgmt.tls import ReloadableServerTLS, ReloadOnHangup, serverOptions, tlsServerFactory
 
 _log = Logger()
 
@@ -366,12 +366,16 @@ def makeArbiterService(reactor: Any, config: ArrayConfig, arbiterId: str) -> Mul
     sps = {sp.id for sp in config.sps}
     portal = Portal(ArbiterRealm(arbiter, sps), [PeerSecretChecker(sps | {PROXY}, readPeerSecret(config))])
     factory = PeerServerFactory(portal, idleTimeout=max(5.0, 20 * config.token.missWindow), clock=reactor)
-    context = serverOptions(settings.cert, settings.key, config.ca, requireClientCertificate=True, tls13Only=True)
+    context = ReloadableServerTLS(
+        lambda: serverOptions(settings.cert, settings.key, config.ca, requireClientCertificate=True, tls13Only=True),
+        f"arbiter {arbiterId}",
+    )
     address = settings.address
     strports.service(
         f"tcp:{address.port}:interface={address.host}",
         tlsServerFactory(factory, context, reactor),
         reactor=reactor,
     ).setServiceParent(top)
+    ReloadOnHangup(reactor, [context]).setServiceParent(top)
     top.arbiter = arbiter  # type: ignore[attr-defined]
     return top

@@ -19,7 +19,7 @@ from twisted.spread import pb
 
 from spmgmt.config import Address
 from spmgmt.pb.wire import GuardedBroker, securityOptions
-from spmgmt.tls import clientOptions
+from spmgmt.tls import ReloadableClientTLS, clientOptions
 
 _log = Logger()
 
@@ -94,8 +94,12 @@ class PBSession(Service):
         self._secret = secret
         self._loginTimeout = loginTimeout
         self.perspective: Any = None
+        #: Our certificate and the CA, reloaded on SIGHUP (L{ReloadOnHangup}).
+        self.tls = ReloadableClientTLS(
+            lambda: clientOptions(serverName, ca, cert, key, tls13Only=True), f"link to {serverName}"
+        )
         endpoint = wrapClientTLS(
-            clientOptions(serverName, ca, cert, key, tls13Only=True),
+            self.tls,
             HostnameEndpoint(reactor, address.host.encode(), address.port, timeout=loginTimeout),
             clock=reactor,
         )

@@ -32,7 +32,7 @@ from spmgmt.config import ArrayConfig
 from spmgmt.problem import Problem
 from spmgmt.proxy.policy import IDEMPOTENT, Outcome
 from spmgmt.proxy.router import Route, Router
-from spmgmt.tls import clientOptions
+from spmgmt.tls import ReloadableClientTLS, clientOptions
 
 _log = Logger()
 
@@ -80,15 +80,24 @@ class ArrayEndpoints:
         assert config.proxy is not None
         self._reactor = reactor
         self._timeout = connectTimeout
+        proxy = config.proxy
         self._sps = {
             sp.id: (
                 sp.web,
-                clientOptions(
-                    sp.id, config.ca, config.proxy.cert, config.proxy.key, acceptableProtocols=[b"http/1.1"]
+                ReloadableClientTLS(
+                    lambda spId=sp.id: clientOptions(
+                        spId, config.ca, proxy.cert, proxy.key, acceptableProtocols=[b"http/1.1"]
+                    ),
+                    f"proxy to {sp.id}",
                 ),
             )
             for sp in config.sps
         }
+
+    @property
+    def tls(self) -> list[ReloadableClientTLS]:
+        """The client TLS settings towards each SP (reloaded on SIGHUP)."""
+        return [creator for _, creator in self._sps.values()]
 
     def endpointForURI(self, uri: Any) -> Any:
         address, creator = self._sps[uri.host.decode("ascii")]
@@ -186,16 +195,15 @@ class Backends:
         self._timeout = timeout
         self._ports = {sp.id: sp.web.port for sp in config.sps}
         # Requests released at once by a token move (a thousand held ones)
-        # go out a bounded number at a time: the reactor also runs the
-        # arbiter, whose heartbeats must not wait behind them.
+        # go out a bounded number at a time, so they cannot starve the
+        # rest of the proxy's reactor.
         self._slots = DeferredSemaphore(maxInFlight)
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         # Never resend on our behalf: the policy alone decides (H13).
         self.pool.retryAutomatically = False
         self.pool.maxPersistentPerHost = maxPerSP
-        self.agent = Agent.usingEndpointFactory(
-            reactor, ArrayEndpoints(reactor, config, connectTimeout), pool=self.pool
-        )
+        self.endpoints = ArrayEndpoints(reactor, config, connectTimeout)
+        self.agent = Agent.usingEndpointFactory(reactor, self.endpoints, pool=self.pool)
 
     def url(self, sp: str, target: bytes) -> bytes:
         return b"https://%s:%d%s" % (sp.encode("ascii"), self._ports[sp], target)

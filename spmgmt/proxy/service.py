@@ -3,90 +3,40 @@
 The proxy process's service tree (C{twistd spmgmt proxy}): the link to
 the arbiter and the router that follows it, the backends, the client listeners (TLS, and
 plain TCP if configured), a probe of each SP's web port, and the
-certificate reload on SIGHUP.
+reload of every TLS identity on SIGHUP.
 """
 
 from __future__ import annotations
 
 import resource
-import signal
 import time
 from typing import Any
 
-from OpenSSL.SSL import Connection
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import gatherResults
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from spmgmt.auth import authThreadPool, portalFromConfig
-from spmgmt.config import ArrayConfig, ConfigError, checkKeyPair
+from spmgmt.config import ArrayConfig, ConfigError
 from spmgmt.httpserver import ConnectionCap
 from spmgmt.metrics import ProxyMetrics
 from spmgmt.proxy.backend import Backends
 from spmgmt.proxy.follower import ArbiterFollower
 from spmgmt.proxy.frontend import Proxy, ProxySite
 from spmgmt.proxy.router import Router
-from spmgmt.tls import TLSConfigurationError, serverOptions, tlsServerFactory
+from spmgmt.tls import (
+    ReloadableServerTLS,
+    ReloadOnHangup,
+    TLSConfigurationError,
+    serverOptions,
+    tlsServerFactory,
+)
 
 _log = Logger()
 
 #: File descriptors kept for everything but client connections.
 _SPARE_FDS = 256
-
-
-@implementer(IOpenSSLServerConnectionCreator)
-class ReloadableTLS:
-    """
-    The front end's TLS settings, replaced by L{reload} (SIGHUP): new
-    connections use the new certificate; established ones keep theirs.
-    """
-
-    def __init__(self, config: ArrayConfig) -> None:
-        self._config = config
-        self.options = self._load()
-
-    def _load(self) -> Any:
-        proxy = self._config.proxy
-        assert proxy is not None
-        return serverOptions(proxy.cert, proxy.key, acceptableProtocols=[b"http/1.1"])
-
-    def reload(self) -> None:
-        """Read the certificate and key again; keep the old ones if they fail."""
-        proxy = self._config.proxy
-        assert proxy is not None
-        try:
-            checkKeyPair(self._config.path, "proxy.cert", proxy.cert, "proxy.key", proxy.key)
-            self.options = self._load()
-        except (ConfigError, TLSConfigurationError) as e:
-            _log.error("certificate reload failed, keeping the old one: {why}", why=str(e))
-            return
-        _log.info("reloaded the TLS certificate {cert}", cert=str(proxy.cert))
-
-    def serverConnectionForTLS(self, tlsProtocol: Any) -> Connection:
-        return Connection(self.options.getContext(), None)
-
-
-class _ReloadOnHangup(Service):
-    """SIGHUP reloads the front end's certificate (from the reactor thread)."""
-
-    def __init__(self, reactor: Any, tls: ReloadableTLS) -> None:
-        self._reactor = reactor
-        self._tls = tls
-        self._previous: Any = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._previous = signal.signal(
-            signal.SIGHUP, lambda signum, frame: self._reactor.callFromThread(self._tls.reload)
-        )
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)
 
 
 class Listener(Service):
@@ -170,7 +120,9 @@ def makeProxyService(reactor: Any, config: ArrayConfig) -> MultiService:
 
     limit = _raiseFileLimit(settings.max_connections)
     try:
-        tls = ReloadableTLS(config)
+        tls = ReloadableServerTLS(
+            lambda: serverOptions(settings.cert, settings.key, acceptableProtocols=[b"http/1.1"]), "front end"
+        )
     except TLSConfigurationError as e:
         raise ConfigError(config.path, "proxy.cert", str(e)) from None
     listeners = [("tls", settings.tls, tlsServerFactory(site, tls, reactor))]  # type: ignore[arg-type]
@@ -181,7 +133,9 @@ def makeProxyService(reactor: Any, config: ArrayConfig) -> MultiService:
         metrics.connections.labels(name).set_function(lambda cap=cap: len(cap.protocols))
         onPort = site.throttle.watch if name == "tls" else None
         Listener(reactor, address, cap, onPort).setServiceParent(top)
-    _ReloadOnHangup(reactor, tls).setServiceParent(top)
+    # SIGHUP: the front end, and the proxy's client certificate towards
+    # the SPs and the arbiter.
+    ReloadOnHangup(reactor, [tls, arbiter.tls, *backends.endpoints.tls]).setServiceParent(top)
 
     def probe() -> Any:
         def record(results: list[bool]) -> None:

@@ -26,7 +26,7 @@ from spmgmt.sp.peerserver import peerPortal
 from spmgmt.sp.agent import SPAgent
 from spmgmt.sp.participant import Participant
 from spmgmt.sp.web import ManagementWeb
-from spmgmt.tls import clientOptions, serverOptions, tlsServerFactory
+from spmgmt.tls import ReloadableServerTLS, ReloadOnHangup, clientOptions, serverOptions, tlsServerFactory
 
 
 @implementer(IPolicyForHTTPS)
@@ -129,7 +129,9 @@ def makeSPService(reactor: Any, config: ArrayConfig, sp: SPConfig) -> MultiServi
 
     # A client certificate is asked for, not required: the proxy presents
     # its own, which lets it vouch for the users it authenticated.
-    contextFactory = serverOptions(sp.cert, sp.key, config.ca, acceptableProtocols=[b"http/1.1"])
+    contextFactory = ReloadableServerTLS(
+        lambda: serverOptions(sp.cert, sp.key, config.ca, acceptableProtocols=[b"http/1.1"]), f"{sp.id} web"
+    )
     webFactory = ConnectionCap(tlsServerFactory(web.site, contextFactory, reactor), config.limits.max_connections)
     strports.service(listenDescription(sp.web), webFactory, reactor=reactor).setServiceParent(top)
     # The peer channel: client certificates from the array CA are required,
@@ -138,10 +140,16 @@ def makeSPService(reactor: Any, config: ArrayConfig, sp: SPConfig) -> MultiServi
     pbFactory = PeerServerFactory(
         peerPortal(agent, names, secret), idleTimeout=max(10.0, 10 * config.peer.keepalive), clock=reactor
     )
-    pbContext = serverOptions(sp.cert, sp.key, config.ca, requireClientCertificate=True, tls13Only=True)
+    pbContext = ReloadableServerTLS(
+        lambda: serverOptions(sp.cert, sp.key, config.ca, requireClientCertificate=True, tls13Only=True),
+        f"{sp.id} peer port",
+    )
     strports.service(
         listenDescription(sp.pb), tlsServerFactory(pbFactory, pbContext, reactor), reactor=reactor
     ).setServiceParent(top)
+    # SIGHUP: every identity of this SP, listeners and links alike.
+    links = [client.tls for client in peers.values()] + ([participant.tls] if participant is not None else [])
+    ReloadOnHangup(reactor, [contextFactory, pbContext, *links]).setServiceParent(top)
     top.agent = agent  # type: ignore[attr-defined]
     top.web = web  # type: ignore[attr-defined]
     return top
