@@ -393,6 +393,41 @@ class SeparateProcessesTests(ArrayTestMixin, TestCase):
         self.assertGreater(client.maxGap, 1.0)
 
 
+class StallTests(ArrayTestMixin, TestCase):
+    """
+    A stall of the arbiter that is shorter than the control links' idle
+    timeout (SIGSTOP for 1 s, under a client's back-to-back GETs) moves no
+    token and drops no link: the holder's lease lapses for the stall and
+    is renewed with the same epoch, and the proxy holds the requests
+    meanwhile.
+    """
+
+    timeout = 120
+
+    async def test_arbiterStoppedForASecond(self) -> None:
+        array = await self.startArray(arbiter=True)
+        before = await array.waitHolder("proxy", "spa")
+        client = KeepAliveClient(array)
+        client.start()
+        self.addCleanup(client._stop.set)
+        await array.waitFor(lambda: _true(client.countOf("spa") >= 20), 10.0, "requests served by spa")
+        logins = {name: array.logTail(name, 5000).count("logged in to arbiter") for name in ("spa", "spb", "proxy")}
+        array.signal("arbiter", signal.SIGSTOP)
+        await _sleep(1.0)
+        array.signal("arbiter", signal.SIGCONT)
+        served = client.countOf("spa")
+        await array.waitFor(lambda: _true(client.countOf("spa") >= served + 20), 10.0, "requests served again")
+        await client.stop()
+        self.assertEqual((client.errors, client.reconnects), ([], 0))
+        self.assertEqual(set(client.servedBy), {"spa"})
+        self.assertEqual(await array.waitHolder("proxy", "spa"), before)
+        events = (await array.request("spa", "GET", "/api/v1/events")).json()["events"]
+        moves = {(e["kind"], e.get("epoch")) for e in events if e["kind"] in ("grant", "revoke")}
+        self.assertEqual(moves, {("grant", before["epoch"])})  # renewals at most, no revoke
+        after = {name: array.logTail(name, 5000).count("logged in to arbiter") for name in ("spa", "spb", "proxy")}
+        self.assertEqual(after, logins)
+
+
 class ProxyOwnRoutesTests(ArrayTestMixin, TestCase):
     timeout = 120
 

@@ -30,6 +30,19 @@ _log = Logger()
 MAX_UNSENT = 1000
 
 
+def controlIdleTimeout(missWindow: float) -> float:
+    """
+    How long the control link may stay silent before the SP drops it: ten
+    miss windows, at least 3 s.  Dropping it adds no safety (the lease
+    already makes the SP step down after C{lease_timeout}); it only finds
+    an arbiter host that vanished without a reset.  So an arbiter stall
+    shorter than this (a GC pause, swap, a slow fsync) costs the holder its
+    lease for the length of the stall, and is then renewed with the same
+    epoch, but costs no link, and so no token move.
+    """
+    return max(3.0, 10 * missWindow)
+
+
 class ControlMind(pb.Referenceable):
     """What the arbiter calls on this SP: grant and revoke."""
 
@@ -79,7 +92,7 @@ class Participant(PBSession):
             key,
             secret,
             loginTimeout=self._timeout + 1,
-            idleTimeout=max(1.0, 2 * self._timeout),
+            idleTimeout=controlIdleTimeout(self._timeout),
             maxDelay=0.5,
         )
         self._agent = agent
