@@ -183,3 +183,16 @@ class ArbiterShellTests(SynchronousTestCase):
         self.assertIn("token.state_file", str(error))
         self.assertIn(f"cannot read the event history {history}", str(error))
         self.assertEqual(len(str(error).splitlines()), 1)
+
+    def test_followersHearEveryRoute(self) -> None:
+        """A proxy hears the route when it logs in and at every change, once the holder acknowledged."""
+        arbiter = self.arbiter(EpochStore(self.directory / "epoch.json"))
+        heard: list[tuple[str, str, Any]] = []
+        unfollow = arbiter.follow("proxy", RecordingMind(heard, "proxy"))
+        self.assertEqual(heard, [("proxy", "route", None)])
+        arbiter.heartbeat("spa", True, None, None, first=True)
+        arbiter.heartbeat("spb", True, None, None, first=True)
+        self.assertEqual(heard[-1], ("proxy", "route", 1))
+        unfollow()
+        arbiter.feed(token.Disconnected("spa", self.now[0]))
+        self.assertEqual(heard[-1], ("proxy", "route", 1))  # no longer told

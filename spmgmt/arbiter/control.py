@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
 from twisted.spread import pb
 from zope.interface import implementer
@@ -115,5 +116,7 @@ class ArbiterRealm:
         if name in self._sps:
             detach = self._arbiter.attach(name, mind)
             return pb.IPerspective, ControlAvatar(self._arbiter, name), detach
-        unfollow = self._arbiter.follow(name, mind)
-        return pb.IPerspective, FollowerAvatar(self._arbiter), unfollow
+        if name == PROXY:
+            unfollow = self._arbiter.follow(name, mind)
+            return pb.IPerspective, FollowerAvatar(self._arbiter), unfollow
+        raise UnauthorizedLogin(f"{name} is neither an SP nor the proxy")
