@@ -187,8 +187,12 @@ class Participant(PBSession):
     def _sendReports(self) -> None:
         perspective = self.perspective
         while perspective is not None and self._unsent:
-            kind, data = self._unsent.popleft()
-            d = perspective.callRemote("report", kind, data)
+            kind, data = self._unsent[0]
+            try:
+                d = perspective.callRemote("report", kind, data)
+            except pb.DeadReferenceError:
+                return  # the session is ending; the next one sends it
+            self._unsent.popleft()
             d.addTimeout(5.0, self._reactor)
             d.addErrback(
                 lambda reason, kind=kind: _log.warn(
