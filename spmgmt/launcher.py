@@ -74,9 +74,9 @@ def prepare(configPath: Path, varDir: Path) -> ArrayConfig:
 def twistdArgv(python: str, configPath: Path, name: str, varDir: Path, arbiters: Sequence[str] = ()) -> list[str]:
     """
     The command line that runs C{name} (an SP id, one of the C{arbiters}
-    ids, or C{proxy}) in the foreground.
+    ids, or C{proxy}, or C{proxyN} for another proxy) in the foreground.
     """
-    if name == "proxy":
+    if name == "proxy" or (name.startswith("proxy") and name[5:].isdigit()):
         command = ["proxy"]
     elif name in arbiters:
         command = ["arbiter", f"--id={name}"]

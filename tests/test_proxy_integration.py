@@ -36,9 +36,12 @@ class KeepAliveClient:
     the longest time between two successes.
     """
 
-    def __init__(self, array: ArrayHarness, path: str = "/api/v1/sps", pause: float = 0.002) -> None:
-        assert array.config.proxy is not None
-        self._address = array.config.proxy.tls
+    def __init__(
+        self, array: ArrayHarness, path: str = "/api/v1/sps", pause: float = 0.002, proxy: str = "proxy"
+    ) -> None:
+        settings = array.proxyConfigs[proxy][1].proxy
+        assert settings is not None
+        self._address = settings.tls
         self._context = ssl.create_default_context(cafile=str(array.config.ca))
         secret = f"monitor:{array.passwords['monitor']}".encode()
         self._auth = "Basic " + base64.b64encode(secret).decode()
@@ -391,6 +394,39 @@ class SeparateProcessesTests(ArrayTestMixin, TestCase):
         self.assertEqual((client.errors, client.reconnects), ([], 0))
         self.assertEqual(after, before)  # the last holder is back: same epoch
         self.assertGreater(client.maxGap, 1.0)
+
+
+class TwoProxiesTests(ArrayTestMixin, TestCase):
+    """
+    Two proxies follow the one arbiter at once (two management hosts would
+    share the configuration and bind their own addresses; here they differ
+    in their ports).  Losing one costs only its own clients' connections.
+    """
+
+    timeout = 120
+
+    async def test_oneProxyLost(self) -> None:
+        array = await self.startArray(arbiter=True, extraProxies=1)
+        before = await array.waitHolder("proxy", "spa")
+        self.assertEqual(await array.waitHolder("proxy2", "spa"), before)
+        client = KeepAliveClient(array, proxy="proxy2")
+        client.start()
+        self.addCleanup(client._stop.set)
+        await array.waitFor(lambda: _true(client.countOf("spa") >= 20), 10.0, "requests through proxy2")
+        await array.kill("proxy")
+        served = client.countOf("spa")
+        await array.waitFor(lambda: _true(client.countOf("spa") >= served + 50), 10.0, "more requests through proxy2")
+        # A failover while one proxy is gone: the other follows it.
+        await array.kill("spa")
+        await array.waitHolder("proxy2", "spb")
+        await array.waitFor(lambda: _true(client.countOf("spb") >= 20), 10.0, "requests served by spb")
+        await client.stop()
+        self.assertEqual((client.errors, client.reconnects), ([], 0))
+        firstB = client.servedBy.index("spb")
+        self.assertEqual((set(client.servedBy[:firstB]), set(client.servedBy[firstB:])), ({"spa"}, {"spb"}))
+        array.startProcess("proxy")  # it comes back and follows the current holder
+        await array.waitReady("proxy")
+        self.assertEqual(await array.waitHolder("proxy", "spb"), await array.waitHolder("proxy2", "spb"))
 
 
 class StallTests(ArrayTestMixin, TestCase):

@@ -79,7 +79,11 @@ class Arbiter(Service):
         self.events.listen(self._push)
         self.lastMove: dict[str, Any] | None = None
         self._routeListeners: list[Callable[[tuple[int, str] | None], None]] = []
-        self._followers: dict[str, Any] = {}
+        #: Every logged-in proxy's name and mind, by the mind's identity
+        #: (remote references do not compare across connections): several
+        #: proxies share the name C{proxy}, their role, so each connection
+        #: is a follower of its own.
+        self._followers: dict[int, tuple[str, Any]] = {}
         self._announced: tuple[int, str] | None = None
         epoch, lastHolder = store.loadState()
         self.state = token.initial(epoch, monotonic(), lastHolder)
@@ -155,7 +159,7 @@ class Arbiter(Service):
                 listener(route)
             except Exception:
                 _log.failure("route listener failed")
-        for name, mind in list(self._followers.items()):
+        for name, mind in list(self._followers.values()):
             self._sendRoute(name, mind, route)
 
     def _sendRoute(self, name: str, mind: Any, route: tuple[int, str] | None) -> None:
@@ -288,17 +292,14 @@ class Arbiter(Service):
     def follow(self, name: str, mind: Any) -> Callable[[], None]:
         """
         A proxy logged in: it hears the route now and at every change; the
-        logout callable forgets it.
+        logout callable forgets it.  Each proxy (each connection) follows on
+        its own, however many share the name.
         """
-        old = self._followers.get(name)
-        self._followers[name] = mind
-        if old is not None and old is not mind:
-            old.broker.transport.abortConnection()
+        self._followers[id(mind)] = (name, mind)
         self._sendRoute(name, mind, self.route())
 
         def unfollow() -> None:
-            if self._followers.get(name) is mind:
-                del self._followers[name]
+            self._followers.pop(id(mind), None)
 
         return unfollow
 

@@ -144,15 +144,13 @@ async def endProcesses(procs: Iterable[_Process]) -> None:
 class _ByPortPolicy:
     """Expect, on each SP's web port, that SP's certificate from the array CA."""
 
-    def __init__(self, config: ArrayConfig) -> None:
+    def __init__(self, config: ArrayConfig, proxyPorts: Iterable[int] = ()) -> None:
         self._creators = {
             sp.web.port: clientOptions(sp.id, config.ca, acceptableProtocols=[b"http/1.1"])
             for sp in config.sps
         }
-        if config.proxy is not None:
-            self._creators[config.proxy.tls.port] = clientOptions(
-                "proxy", config.ca, acceptableProtocols=[b"http/1.1"]
-            )
+        for port in proxyPorts:
+            self._creators[port] = clientOptions("proxy", config.ca, acceptableProtocols=[b"http/1.1"])
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         return self._creators[port]
@@ -219,6 +217,12 @@ class ArrayHarness:
     extra: str = ""
     #: Lines added inside the C{[proxy]} table (with C{arbiter=True}).
     proxyExtra: str = ""
+    #: Proxies beside C{proxy} (C{proxy2}, ...), each with a configuration
+    #: of its own that differs only in the C{[proxy]} ports, as two proxy
+    #: hosts would share one file but bind their own addresses.
+    extraProxies: int = 0
+    #: The configuration file and its parsed form of each proxy, by name.
+    proxyConfigs: dict[str, tuple[Path, ArrayConfig]] = field(init=False, factory=dict)
     config: ArrayConfig = field(init=False)
     configPath: Path = field(init=False)
     passwords: dict[str, str] = field(init=False, factory=dict)
@@ -246,8 +250,19 @@ class ArrayHarness:
         }
         ensurePKI(var / "pki", list(self.spIds) + ["arbiter", "proxy"])
         self.configPath = self.directory / "etc" / "spmgmt.toml"
-        self.configPath.write_text(self._configText())
+        text = self._configText()
+        self.configPath.write_text(text)
         self.config = parseConfig(self.configPath)
+        self.proxyConfigs = {"proxy": (self.configPath, self.config)}
+        for i in range(2, 2 + self.extraProxies):
+            assert self.config.proxy is not None
+            tls, plain = freePorts(2)
+            own = text.replace(f'tls = "{self.config.proxy.tls}"', f'tls = "127.0.0.1:{tls}"', 1).replace(
+                f'plain = "{self.config.proxy.plain}"', f'plain = "127.0.0.1:{plain}"', 1
+            )
+            path = self.directory / "etc" / f"spmgmt-proxy{i}.toml"
+            path.write_text(own)
+            self.proxyConfigs[f"proxy{i}"] = (path, parseConfig(path))
         if self.config.arbiters:
             address = self.config.arbiter("arbiter").address
             target = (address.host, address.port)
@@ -255,7 +270,8 @@ class ArrayHarness:
                 self.relays[spId] = Relay(self.reactor, target, name=f"{spId} control link")
         self._pool = HTTPConnectionPool(self.reactor, persistent=True)
         self._pool.retryAutomatically = False
-        self._agent = Agent(self.reactor, contextFactory=_ByPortPolicy(self.config), pool=self._pool)
+        proxyPorts = [c.proxy.tls.port for _, c in self.proxyConfigs.values() if c.proxy is not None]
+        self._agent = Agent(self.reactor, contextFactory=_ByPortPolicy(self.config, proxyPorts), pool=self._pool)
 
     @property
     def names(self) -> list[str]:
@@ -264,7 +280,8 @@ class ArrayHarness:
         last: SPs that are already up all join within the arbiter's startup
         grace, so the token goes by preference even on a loaded machine.
         """
-        return list(self.spIds) + (["arbiter", "proxy"] if self.arbiter else [])
+        proxies = ["proxy"] + [f"proxy{i}" for i in range(2, 2 + self.extraProxies)]
+        return list(self.spIds) + (["arbiter", *proxies] if self.arbiter else [])
 
     def _configText(self) -> str:
         ports = iter(freePorts(2 * len(self.spIds) + 3 + len(self.controlRelay)))
@@ -335,7 +352,8 @@ class ArrayHarness:
     def startProcess(self, name: str) -> None:
         """Start C{name} (an SP id or C{proxy}); see L{waitReady}."""
         var = self.directory / "var"
-        argv = twistdArgv(sys.executable, self.configPath, name, var, [a.id for a in self.config.arbiters])
+        configPath = self.proxyConfigs[name][0] if name in self.proxyConfigs else self.configPath
+        argv = twistdArgv(sys.executable, configPath, name, var, [a.id for a in self.config.arbiters])
         wrapped = [sys.executable, "-c", _PDEATHSIG_EXEC, str(os.getpid()), *argv]
         proto = _Process(var / "log" / f"{name}.out")
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "HOME", "PYTHONPATH")}
@@ -468,10 +486,11 @@ class ArrayHarness:
     # -- HTTP ------------------------------------------------------------------
 
     def url(self, spId: str, path: str) -> str:
-        """The URL of C{path} on an SP, or on the proxy's TLS front end (C{"proxy"})."""
-        if spId == "proxy":
-            assert self.config.proxy is not None
-            address = self.config.proxy.tls
+        """The URL of C{path} on an SP, or on a proxy's TLS front end (C{"proxy"}, C{"proxy2"}, ...)."""
+        if spId in self.proxyConfigs:
+            proxy = self.proxyConfigs[spId][1].proxy
+            assert proxy is not None
+            address = proxy.tls
         else:
             address = self.config.sp(spId).web
         return f"https://{address.host}:{address.port}{path}"
