@@ -27,21 +27,31 @@ def replaceDurably(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    _syncDirectory(path.parent)
 
 
 def appendDurably(path: Path, data: bytes) -> None:
-    """Append C{data} to C{path} (created 0600) and fdatasync it."""
+    """
+    Append C{data} to C{path} (created 0600) and fdatasync it; a file it
+    creates is made durable in its directory too.
+    """
+    created = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         _writeAll(fd, data)
         os.fdatasync(fd)
     finally:
         os.close(fd)
+    if created:
+        _syncDirectory(path.parent)
+
+
+def _syncDirectory(path: Path) -> None:
+    directory = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _writeAll(fd: int, data: bytes) -> None:

@@ -12,7 +12,8 @@ Endpoints are tried in turn: a request moves to the next endpoint only
 when it provably never reached the current one (the connection was
 refused or could not be made), so no write is ever sent twice.  Anything
 else (a timeout, a dropped answer) raises L{EtcdUnavailable}: the caller
-knows the outcome is unknown and reads back what it needs.
+knows the outcome is unknown and reads back what it needs; its next call
+goes to the next endpoint (this one may be cut off from the quorum).
 """
 
 from __future__ import annotations
@@ -219,17 +220,29 @@ class EtcdClient:
                 return await self._post(endpoint + path.encode("ascii"), data)
             except _NOT_SENT as e:
                 refused.append(f"{endpoint.decode()}: {e.__class__.__name__}")
-                self._current = (self._current + 1) % len(self._endpoints)
+                self._next()
+            except EtcdUnavailable:
+                # Not sent again (its outcome is unknown), but the next call
+                # tries another member: this one may be cut off from quorum.
+                self._next()
+                raise
         raise EtcdUnavailable("no etcd endpoint answered (" + "; ".join(refused) + ")")
 
+    def _next(self) -> None:
+        self._current = (self._current + 1) % len(self._endpoints)
+
     async def _post(self, url: bytes, data: bytes) -> dict[str, Any]:
-        d = self._agent.request(
-            b"POST", url, Headers({b"content-type": [b"application/json"]}), FileBodyProducer(BytesIO(data))
-        )
+        async def exchange() -> tuple[Any, bytes]:
+            response = await self._agent.request(
+                b"POST", url, Headers({b"content-type": [b"application/json"]}), FileBodyProducer(BytesIO(data))
+            )
+            return response, await readBody(response)
+
+        # One deadline for the whole exchange, the answer's body included.
+        d = Deferred.fromCoroutine(exchange())
         d.addTimeout(self._timeout, self._reactor)
         try:
-            response = await d
-            body = await readBody(response)
+            response, body = await d
         except _NOT_SENT:
             raise
         except ResponseFailed as e:

@@ -7,9 +7,9 @@ JSON lines, bounded); every SP keeps a bounded copy (L{EventCopy}) fed by
 the arbiter and caught up by id after a reconnect, so any SP, active or
 not, can serve the history and the event stream.
 
-One rule keeps every id in every copy exactly once and in order: an event
-is kept in memory and made durable before anyone hears of it, and a copy
-takes pushed events only while it is known to be caught up.
+Two rules keep every id in every copy once and in order: an event is kept
+in memory and made durable before anyone hears of it, and a copy takes
+pushed events only while it is known to be caught up.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ _log = Logger()
 Event = dict[str, Any]
 
 #: The most events one catch-up answer holds; a full page means "ask again".
-PAGE = 1000
+#: Events are small (reported fields are bounded), so a page stays far
+#: below the PB channel's message limit.
+PAGE = 200
 
 #: The default number of events the arbiter and every SP keep.
 HISTORY = 1000
@@ -131,8 +133,10 @@ class EventLog(EventBuffer):
     The arbiter's history: appends each event to a JSON-lines file and
     starts, after a restart, from the ids already written.  The file is
     rewritten (atomically) to the last C{size} events when it grows to twice
-    that.  Each event is on disk (fdatasync) before it is announced: an id
-    an SP has seen is never issued again after a restart.
+    that.  Each event is on disk (fdatasync) before it is announced, so an
+    id an SP has seen is not issued again after a restart, unless its write
+    failed (logged; the next good write rewrites the file) and the arbiter
+    died before that.
     """
 
     def __init__(self, path: Path, size: int = HISTORY, clock: Callable[[], float] = time.time) -> None:
@@ -141,7 +145,7 @@ class EventLog(EventBuffer):
         self._size = size
         self._clock = clock
         self._lines = 0
-        self._unwritten = False
+        self._unwritten = False  # the file lacks what memory holds: rewrite it
         #: Lines of the file that were not events (a torn last line aside).
         self.unreadable = 0
         for event in self._read():
@@ -173,6 +177,10 @@ class EventLog(EventBuffer):
                 events.append(event)
             elif number < len(lines):  # a torn last line is what a crash leaves
                 self.unreadable += 1
+            else:
+                # The next append would continue the torn line and be lost
+                # with it: the next write rewrites the file instead.
+                self._unwritten = True
         return sorted(events, key=lambda e: e["id"])
 
     def record(self, kind: str, data: dict[str, Any]) -> Event:

@@ -19,7 +19,8 @@ class SPOptions(usage.Options):
     synopsis = "--config FILE --id ID"
     longdesc = (
         "Run the agent of one service processor: its management web server "
-        "(full or service mode, by its health) and its health checks."
+        "(full or service mode, by its health) and its health checks.  "
+        "SIGHUP reloads its certificates."
     )
     optParameters = [
         ["config", "c", None, "The array's configuration file (TOML), e.g. etc/spmgmt.toml."],
@@ -39,7 +40,8 @@ class ArbiterOptions(usage.Options):
     longdesc = (
         "Run an arbiter: it grants the active token to one healthy SP at a "
         "time and tells the proxies where to route (PB over mutual TLS on "
-        "its [[arbiter]] address).  SPs and proxies log in to it."
+        "its [[arbiter]] address).  SPs and proxies log in to it.  SIGHUP "
+        "reloads its certificate."
     )
     optParameters = [
         ["config", "c", None, "The array's configuration file (TOML), e.g. etc/spmgmt.toml."],
@@ -60,8 +62,8 @@ class ProxyOptions(usage.Options):
         "Run the proxy process: the client-facing HTTPS front end on [proxy] "
         "tls (and plain HTTP on [proxy] plain, if set), which sends each "
         "request to the active SP and holds it across a failover.  It "
-        "follows the arbiter's route; it never grants.  SIGHUP reloads the "
-        "front end's certificate."
+        "follows the arbiter's route; it never grants.  SIGHUP reloads its "
+        "certificates (front end, and towards the SPs and the arbiter)."
     )
     optParameters = [
         ["config", "c", None, "The array's configuration file (TOML), e.g. etc/spmgmt.toml."],

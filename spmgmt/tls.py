@@ -332,6 +332,9 @@ class ReloadableServerTLS:
                 "{what}: TLS reload failed, keeping the old certificate: {why}", what=self.what, why=str(e)
             )
             return False
+        except Exception:
+            _log.failure("{what}: TLS reload failed, keeping the old certificate", what=self.what)
+            return False
         _log.info("{what}: reloaded its TLS certificate", what=self.what)
         return True
 

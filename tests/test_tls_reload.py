@@ -61,8 +61,17 @@ class ReloadEverywhereTests(TestCase):
         for name in array.names:
             array.signal(name, signal.SIGHUP)
 
+        # Each listener and each link of each process: an SP's web and peer
+        # ports and its links to the other SP and the arbiter; the
+        # arbiter's port; the proxy's front end and its links to the
+        # arbiter and both SPs.
+        identities = {"spa": 4, "spb": 4, "arbiter": 1, "proxy": 4}
+
         async def reloaded() -> bool:
-            return all("reloaded its TLS certificate" in array.logTail(name, 400) for name in array.names)
+            return all(
+                array.logTail(name, 400).count("reloaded its TLS certificate") == count
+                for name, count in identities.items()
+            )
 
         await array.waitFor(reloaded, 10.0, "every process to reload")
         self.assertEqual([n for n in array.names if "TLS reload failed" in array.logTail(n, 400)], [])

@@ -29,6 +29,9 @@ PROXY = "proxy"
 #: Epochs stay below this: they must fit the 18 digits a stamp may carry.
 MAX_EPOCH = 10**18
 
+#: The longest string a reported field may carry.
+MAX_REPORTED = 256
+
 
 class ControlAvatar(pb.Avatar):
     """One SP's control session with the arbiter."""
@@ -62,7 +65,13 @@ class ControlAvatar(pb.Avatar):
         if kind != "command" or not isinstance(data, dict):
             return error("bad_request", "only command runs are reported")
         allowed = ("command", "rc", "timed_out", "duration_s", "user", "via")
-        self._arbiter.report(self.sp, "command", {k: data[k] for k in allowed if k in data})
+        fields = {k: data[k] for k in allowed if k in data}
+        for key, value in fields.items():
+            # Events stay small: a catch-up page of them must fit a PB message.
+            if not (value is None or isinstance(value, (bool, int, float)) or
+                    (isinstance(value, str) and len(value) <= MAX_REPORTED)):
+                return error("bad_request", f"{key} must be a number, a boolean or a string of at most {MAX_REPORTED}")
+        self._arbiter.report(self.sp, "command", fields)
         return ok(None)
 
     def perspective_switchover(self, to: object) -> Any:

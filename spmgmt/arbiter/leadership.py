@@ -52,7 +52,11 @@ class Leadership(Service):
 
     @property
     def leading(self) -> bool:
-        return self.state.leading
+        """
+        This arbiter leads: it won the key and its lease certainly still
+        lives (the machine notices the deadline only at its next tick).
+        """
+        return self.state.leading and self._reactor.seconds() < self.state.leaseUntil
 
     @property
     def term(self) -> int | None:
@@ -169,7 +173,7 @@ class Leadership(Service):
             this very transaction that it no longer does.
         """
         term = self.state.term
-        if term is None:
+        if term is None or not self.leading:
             raise NotLeading("this arbiter does not lead")
         fence = etcd.createRevisionIs(self.key, term)
         result = await self._client.txn([fence, *compare], success, [*failure, etcd.get(self.key)])

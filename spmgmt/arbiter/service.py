@@ -78,7 +78,6 @@ class Arbiter(Service):
         self.events = EventLog(store.path.parent / "events.jsonl", size=history)
         self.events.listen(self._push)
         self.lastMove: dict[str, Any] | None = None
-        self._routeListeners: list[Callable[[tuple[int, str] | None], None]] = []
         #: Every logged-in proxy's name and mind, by the mind's identity
         #: (remote references do not compare across connections): several
         #: proxies share the name C{proxy}, their role, so each connection
@@ -144,21 +143,11 @@ class Arbiter(Service):
             return None
         return (state.issued, state.holder)
 
-    def onRoute(self, listener: Callable[[tuple[int, str] | None], None]) -> None:
-        """Call C{listener} with every change of L{route}, and now."""
-        self._routeListeners.append(listener)
-        listener(self.route())
-
     def _announceRoute(self) -> None:
         route = self.route()
         if route == self._announced:
             return
         self._announced = route
-        for listener in list(self._routeListeners):
-            try:
-                listener(route)
-            except Exception:
-                _log.failure("route listener failed")
         for name, mind in list(self._followers.values()):
             self._sendRoute(name, mind, route)
 

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_peer,tests.test_failover -*-
 """
 A reconnecting, logged-in PB client session: what an SP keeps to each peer
-and to the arbiter (and, later, a proxy to the arbiter).
+and to the arbiter, and a proxy to the arbiter.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class _BrokerFactory(Factory):
 
 class PBSession(Service):
     """
-    A reconnecting, logged-in PB session to one server: TLS with this SP's
+    A reconnecting, logged-in PB session to one server: TLS with our own
     certificate (TLS 1.3, the server's name checked against the array CA),
     C{ClientService} with backoff, and a fresh cred login, passing
     L{mind}, on every new connection.  Subclasses hear about each session
@@ -120,6 +120,9 @@ class PBSession(Service):
     def sessionEnded(self, perspective: Any) -> None:
         """That connection is gone."""
 
+    def loginFailed(self) -> None:
+        """A connection was made but its login failed (it is being closed)."""
+
     def startService(self) -> None:
         super().startService()
         self._service.startService()
@@ -149,6 +152,7 @@ class PBSession(Service):
 
         def failed(reason: Any) -> None:
             _log.warn("login to {server} failed: {why}", server=self._serverName, why=reason.getErrorMessage())
+            self.loginFailed()
             if broker.transport is not None:
                 broker.transport.abortConnection()
 

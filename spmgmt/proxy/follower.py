@@ -84,6 +84,11 @@ class ArbiterFollower(PBSession):
         self.lastView = None
         self._router.update(None)
 
+    def loginFailed(self) -> None:
+        # The arbiter pushes the route as it accepts a login, before its
+        # answer: a login that then fails must not leave that route in use.
+        self._router.update(None)
+
     def stopService(self) -> Any:
         if self._pull is not None and self._pull.active():
             self._pull.cancel()

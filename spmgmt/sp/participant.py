@@ -181,6 +181,8 @@ class Participant(PBSession):
         arbiter was away still shows in the history.  A report lost in
         flight is logged, not sent again (it may have been recorded).
         """
+        if len(self._unsent) == MAX_UNSENT:
+            _log.warn("the arbiter is away: the oldest unsent report is dropped from the history")
         self._unsent.append((kind, data))
         self._sendReports()
 

@@ -11,12 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.application.internet import ClientService, backoffPolicy
-from twisted.application.service import Service
-from twisted.cred.credentials import UsernamePassword
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.spread import pb
 
