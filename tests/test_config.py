@@ -137,6 +137,13 @@ class ParseConfigTests(ConfigTestsMixin, SynchronousTestCase):
         self.assertEqual(config.checks[0].path, str(self.pkiDir.parent / "var/{id}.maintenance"))
         self.assertEqual(config.limits.max_body, 1024 * 1024)
 
+    def test_eventsHistory(self) -> None:
+        """[events] history: positive, at most 10000 (the arbiter compacts it on its reactor)."""
+        config, _ = loadForSP(self.write(BASE + "\n[events]\nhistory = 50\n"), "spa")
+        self.assertEqual(config.events.history, 50)
+        self.assertConfigError(BASE + "\n[events]\nhistory = 10001\n", "events.history", "at most 10000")
+        self.assertConfigError(BASE + "\n[events]\nhistory = 0\n", "events.history", "greater than 0")
+
     def test_arbiters(self) -> None:
         """
         [[arbiter]] entries: their ids are unique and name no SP or proxy,

@@ -341,6 +341,22 @@ class HoldTests(ArrayTestMixin, TestCase):
         self.assertEqual(answer.header("X-SPMgmt-Served-By"), "spb")
 
 
+async def _underLoad(
+    testCase: ArrayTestMixin, proxy: str = "proxy", **kwargs: Any
+) -> tuple[ArrayHarness, KeepAliveClient, dict[str, Any]]:
+    """
+    A running array, its token as C{proxy} routes it, and a client sending
+    back-to-back GETs through C{proxy} that spa has answered 20 times.
+    """
+    array = await testCase.startArray(arbiter=True, **kwargs)
+    before = await array.waitHolder(proxy, "spa")
+    client = KeepAliveClient(array, proxy=proxy)
+    client.start()
+    testCase.addCleanup(client._stop.set)  # type: ignore[attr-defined]
+    await array.waitFor(lambda: _true(client.countOf("spa") >= 20), 10.0, f"requests through {proxy}")
+    return array, client, before
+
+
 class SeparateProcessesTests(ArrayTestMixin, TestCase):
     """
     The arbiter and the proxy are processes of their own: the proxy only
@@ -371,12 +387,7 @@ class SeparateProcessesTests(ArrayTestMixin, TestCase):
         once it is back (after 1 s) the same holder serves them, on the
         same connection, with no error.
         """
-        array = await self.startArray(arbiter=True)
-        before = await array.waitHolder("proxy", "spa")
-        client = KeepAliveClient(array)
-        client.start()
-        self.addCleanup(client._stop.set)
-        await array.waitFor(lambda: _true(client.countOf("spa") >= 20), 10.0, "requests served by spa")
+        array, client, before = await _underLoad(self)
         await array.kill("arbiter")
 
         async def unrouted() -> bool:
@@ -406,13 +417,8 @@ class TwoProxiesTests(ArrayTestMixin, TestCase):
     timeout = 120
 
     async def test_oneProxyLost(self) -> None:
-        array = await self.startArray(arbiter=True, extraProxies=1)
-        before = await array.waitHolder("proxy", "spa")
-        self.assertEqual(await array.waitHolder("proxy2", "spa"), before)
-        client = KeepAliveClient(array, proxy="proxy2")
-        client.start()
-        self.addCleanup(client._stop.set)
-        await array.waitFor(lambda: _true(client.countOf("spa") >= 20), 10.0, "requests through proxy2")
+        array, client, before = await _underLoad(self, proxy="proxy2", extraProxies=1)
+        self.assertEqual(await array.waitHolder("proxy", "spa"), before)
         await array.kill("proxy")
         served = client.countOf("spa")
         await array.waitFor(lambda: _true(client.countOf("spa") >= served + 50), 10.0, "more requests through proxy2")
@@ -441,12 +447,7 @@ class StallTests(ArrayTestMixin, TestCase):
     timeout = 120
 
     async def test_arbiterStoppedForASecond(self) -> None:
-        array = await self.startArray(arbiter=True)
-        before = await array.waitHolder("proxy", "spa")
-        client = KeepAliveClient(array)
-        client.start()
-        self.addCleanup(client._stop.set)
-        await array.waitFor(lambda: _true(client.countOf("spa") >= 20), 10.0, "requests served by spa")
+        array, client, before = await _underLoad(self)
         logins = {name: array.logTail(name, 5000).count("logged in to arbiter") for name in ("spa", "spb", "proxy")}
         array.signal("arbiter", signal.SIGSTOP)
         await _sleep(1.0)
