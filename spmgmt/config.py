@@ -807,10 +807,7 @@ def loadForArbiter(path: str | Path, arbiterId: str) -> tuple[ArrayConfig, Arbit
     """
     config = parseConfig(path)
     arbiter = config.arbiter(arbiterId)
-    index = config.arbiters.index(arbiter)
-    checkCA(config)
-    checkKeyPair(config.path, f"arbiter[{index}].cert", arbiter.cert, f"arbiter[{index}].key", arbiter.key)
-    readPeerSecret(config)
+    _checkIdentity(config, f"arbiter[{config.arbiters.index(arbiter)}]", arbiter.cert, arbiter.key)
     return config, arbiter
 
 
@@ -825,9 +822,7 @@ def loadForProxy(path: str | Path) -> ArrayConfig:
     config = parseConfig(path)
     if config.proxy is None:
         raise ConfigError(config.path, "proxy", "missing: the proxy needs a [proxy] table")
-    checkCA(config)
-    checkKeyPair(config.path, "proxy.cert", config.proxy.cert, "proxy.key", config.proxy.key)
-    readPeerSecret(config)
+    _checkIdentity(config, "proxy", config.proxy.cert, config.proxy.key)
     return config
 
 
@@ -840,9 +835,13 @@ def loadForSP(path: str | Path, spId: str) -> tuple[ArrayConfig, SPConfig]:
     """
     config = parseConfig(path)
     sp = config.sp(spId)
-    index = config.sps.index(sp)
-    checkCA(config)
-    checkKeyPair(config.path, f"sp[{index}].cert", sp.cert, f"sp[{index}].key", sp.key)
-    readPeerSecret(config)
+    _checkIdentity(config, f"sp[{config.sps.index(sp)}]", sp.cert, sp.key)
     return config, sp
+
+
+def _checkIdentity(config: ArrayConfig, table: str, cert: Path, key: Path) -> None:
+    """The array CA, this process's certificate and key under C{table}, and the peer secret."""
+    checkCA(config)
+    checkKeyPair(config.path, f"{table}.cert", cert, f"{table}.key", key)
+    readPeerSecret(config)
 

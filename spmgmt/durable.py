@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import Callable
 
 
 def replaceDurably(path: Path, data: bytes) -> None:
@@ -20,12 +21,7 @@ def replaceDurably(path: Path, data: bytes) -> None:
     file.
     """
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        _writeAll(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _writeSynced(tmp, data, os.O_TRUNC, os.fsync)
     os.replace(tmp, path)
     _syncDirectory(path.parent)
 
@@ -36,14 +32,19 @@ def appendDurably(path: Path, data: bytes) -> None:
     creates is made durable in its directory too.
     """
     created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        _writeAll(fd, data)
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
+    _writeSynced(path, data, os.O_APPEND, os.fdatasync)
     if created:
         _syncDirectory(path.parent)
+
+
+def _writeSynced(path: Path, data: bytes, mode: int, sync: Callable[[int], None]) -> None:
+    """Write C{data} to C{path} (created 0600, opened with C{mode}) and C{sync} it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode, 0o600)
+    try:
+        _writeAll(fd, data)
+        sync(fd)
+    finally:
+        os.close(fd)
 
 
 def _syncDirectory(path: Path) -> None:

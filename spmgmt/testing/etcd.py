@@ -50,9 +50,6 @@ class EtcdCluster:
     def endpoints(self) -> list[str]:
         return [f"http://127.0.0.1:{port}" for port in self.clientPorts]
 
-    def endpoint(self, name: str) -> str:
-        return self.endpoints[self.names.index(name)]
-
     def _argv(self, name: str) -> list[str]:
         i = self.names.index(name)
         cluster = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(self.names, self.peerPorts))
@@ -103,9 +100,6 @@ class EtcdCluster:
                 await deferLater(self.reactor, 0.1, lambda: None)
         finally:
             await client.close()
-
-    def running(self) -> list[str]:
-        return [name for name, proto in self._procs.items() if not proto.ended.called]
 
     def signal(self, name: str, signum: int) -> None:
         pid = self._procs[name].pid
